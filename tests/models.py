@@ -36,3 +36,39 @@ def random_sequences(count: int, seed: int = 1, low: int = 3, high: int = 12) ->
     generator = torch.Generator().manual_seed(seed)
     lengths = torch.randint(low, high, (count,), generator=generator)
     return [torch.randint(1, VOCAB, (int(n),), generator=generator).tolist() for n in lengths]
+
+
+WORDS = (
+    "the a market bank shares rose fell film star music award election minister vote party "
+    "match goal team player season phone software network users data court law police report "
+    "year week day new old big small good bad first last more less said will would could"
+).split()
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer over WORDS (≤ VOCAB ids), built in memory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[UNK]")
+
+
+def random_texts(count: int, seed: int = 0, low: int = 4, high: int = 30) -> list[str]:
+    generator = torch.Generator().manual_seed(seed)
+    texts = []
+    for _ in range(count):
+        n = int(torch.randint(low, high, (1,), generator=generator))
+        picks = torch.randint(0, len(WORDS), (n,), generator=generator).tolist()
+        texts.append(" ".join(WORDS[i] for i in picks))
+    return texts
+
+
+def loaded(factory=None, dtype=torch.float64):
+    from indexer.models import LoadedModel, identify
+
+    model = (factory or tiny_llama)(dtype=dtype)
+    tokenizer = tiny_tokenizer()
+    return LoadedModel(model, tokenizer, identify(model, tokenizer, "tiny"))
