@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .attribution import encode_prompt_completion
+
 
 class Tokenizer(Protocol):
     is_fast: bool
@@ -153,17 +155,14 @@ def _chunks(record: Record, tokenizer: Tokenizer, max_tokens: int) -> Iterator[E
 
 
 def _prompt_completion(record: Record, tokenizer: Tokenizer, max_tokens: int) -> Example | BadRecord:
-    prompt = tokenizer(record.prompt or "", add_special_tokens=False)["input_ids"]
-    completion = tokenizer(record.completion or "", add_special_tokens=False)["input_ids"]
-    tokens = list(prompt) + list(completion)
+    tokens, loss_start = encode_prompt_completion(tokenizer, record.prompt or "", record.completion or "")
     if len(tokens) > max_tokens:
         return BadRecord(record.source, f"{len(tokens)} tokens, over max_tokens={max_tokens}")
-    if len(tokens) < 2 or not completion:
+    if len(tokens) < 2 or loss_start >= len(tokens):
         return BadRecord(record.source, "fewer than 2 tokens: nothing to predict")
-    # A completion's first token needs one token of context to be predicted.
     meta = {**record.metadata, "prompt_chars": len(record.prompt or "")}
     text = (record.prompt or "") + (record.completion or "")
-    return Example(record.id, text, tokens, max(1, len(prompt)), meta)
+    return Example(record.id, text, tokens, loss_start, meta)
 
 
 def make_examples(

@@ -1,0 +1,132 @@
+"""``python -m indexer`` / ``lorif-index``: build, info, verify."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .build import BuildError, BuildSummary, build_index
+from .config import IndexConfig
+from .data import DataError
+from .models import ModelError
+from .reader import IndexFileError, IndexReader
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorif-index", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build (or resume) an index")
+    build.add_argument("--model", required=True, help="model directory or .gguf file")
+    build.add_argument("--data", required=True, help=".jsonl file, text directory or saved dataset")
+    build.add_argument("--out", required=True, type=Path, help="index file to write (.h5)")
+    defaults = IndexConfig()
+    build.add_argument("--projection-factor", type=int, default=defaults.projection_factor)
+    build.add_argument("--d1", type=int, help="explicit input-side projection width")
+    build.add_argument("--d2", type=int, help="explicit output-side projection width")
+    build.add_argument("--factor-rank", type=int, default=defaults.factor_rank, help="c")
+    build.add_argument("--dense", action="store_true", help="store dense G (LoGRA-dense baseline)")
+    build.add_argument("--curvature-rank", type=int, default=defaults.curvature_rank, help="r")
+    build.add_argument("--damping", default=defaults.damping, help="trace | paper | a number")
+    build.add_argument("--layers", nargs="*", default=[], help="globs over module names")
+    build.add_argument("--dtype", default=defaults.dtype, help="bf16 | fp16 | fp32")
+    build.add_argument("--precision", default=defaults.precision, help="float32 | float64 | bfloat16")
+    build.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    build.add_argument("--max-tokens", type=int, default=defaults.max_tokens)
+    build.add_argument("--seed", type=int, default=defaults.seed)
+    build.add_argument("--device", default=defaults.device, help="auto | cpu | cuda[:N]")
+    build.add_argument("--checkpoint-rows", type=int, default=defaults.checkpoint_rows)
+    build.add_argument("--on-bad-record", choices=["skip", "fail"], default=defaults.on_bad_record)
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    info = commands.add_parser("info", help="print an index's metadata")
+    info.add_argument("index", type=Path)
+    info.add_argument("--json", action="store_true", help="raw JSON metadata")
+    verify = commands.add_parser("verify", help="check checksums, shapes and format version")
+    verify.add_argument("index", type=Path)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> IndexConfig:
+    explicit = args.d1 is not None or args.d2 is not None
+    return IndexConfig(
+        projection_factor=None if explicit else args.projection_factor,
+        d1=args.d1, d2=args.d2, factor_rank=args.factor_rank, dense=args.dense,
+        curvature_rank=args.curvature_rank, damping=args.damping, layers=tuple(args.layers),
+        dtype=args.dtype, precision=args.precision, batch_size=args.batch_size,
+        max_tokens=args.max_tokens, seed=args.seed, device=args.device,
+        checkpoint_rows=args.checkpoint_rows, on_bad_record=args.on_bad_record,
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB"
+
+
+def print_summary(summary: BuildSummary) -> None:
+    state = "already complete" if summary.already_complete else "built"
+    print(f"\nindex {state}: {summary.path}")
+    print(f"  examples            {summary.n_examples:,} ({summary.n_tokens:,} tokens)")
+    print(f"  layers              {summary.n_layers}")
+    ratio = summary.dense_bytes_per_example / max(1, summary.bytes_per_example)
+    print(f"  bytes per example   {summary.bytes_per_example:,} "
+          f"(LoGRA-dense at the same D: {summary.dense_bytes_per_example:,}, {ratio:.1f}x more)")
+    dense_total = summary.dense_bytes_per_example * summary.n_examples
+    print(f"  file size           {_mib(summary.file_bytes)} (dense factors would be {_mib(dense_total)})")
+    if summary.resumed_from_row:
+        print(f"  resumed from row    {summary.resumed_from_row:,}")
+    for phase, seconds in summary.phase_seconds.items():
+        print(f"  {phase:<19} {seconds:8.2f} s")
+    if "factors" in summary.phase_seconds:
+        rate = summary.n_examples / max(summary.phase_seconds["factors"], 1e-9)
+        print(f"  throughput          {rate:,.1f} examples/s (factor phase)")
+    if summary.bad_records:
+        print(f"  skipped records     {len(summary.bad_records)}; first: {summary.bad_records[0]}")
+
+
+def print_info(reader: IndexReader) -> None:
+    meta = reader.metadata
+    config, model, data = meta["config"], meta["model"], meta["dataset"]
+    print(f"{reader.path}  (format v{reader._file.attrs['format_version']}, created {meta['created_at']})")
+    print(f"  model     {model['name']}  [{model['architecture']}]  weights {model['weights_hash'][:16]}")
+    print(f"  data      {data['path']}  N={data['n']:,}  tokens={data['tokens']:,}  "
+          f"skipped={data['bad_records']}")
+    kind = "LoGRA-dense" if config["dense"] else f"LoRIF c={config['factor_rank']}"
+    print(f"  method    {kind}, r={config['curvature_rank']}, damping={config['damping']}, "
+          f"storage {reader.storage_dtype}, {reader.bytes_per_example:,} bytes/example")
+    print(f"  loss      {meta['loss']}")
+    print(f"  {'layer':<40} {'I':>6} {'O':>6} {'d1':>5} {'d2':>5} {'c':>3} {'r':>5} {'λ':>10}")
+    for i, spec in enumerate(reader.layers):
+        curvature = reader.curvature(i)
+        c = "-" if spec.dense else str(spec.rank)
+        print(f"  {spec.name:<40} {spec.in_features:>6} {spec.out_features:>6} {spec.d1:>5} "
+              f"{spec.d2:>5} {c:>3} {curvature.eigvals.numel():>5} {curvature.damping:>10.3g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            summary = build_index(args.model, args.data, args.out, _config(args), progress=not args.quiet)
+            print_summary(summary)
+        elif args.command == "info":
+            with IndexReader(args.index) as reader:
+                if args.json:
+                    print(json.dumps(reader.metadata, indent=2))
+                else:
+                    print_info(reader)
+        else:
+            with IndexReader(args.index) as reader:
+                problems = reader.verify()
+            if problems:
+                for problem in problems:
+                    print(f"CORRUPT: {problem}", file=sys.stderr)
+                return 1
+            print(f"{args.index}: OK ({reader.n_examples:,} examples, all checksums match)")
+    except (BuildError, DataError, ModelError, IndexFileError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if args.command == "verify" else 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; progress is saved: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
