@@ -157,6 +157,8 @@ class _Build:
 
     # ---- phase 2: curvature --------------------------------------------------------------
     def curvature(self, writer: RawWriter, journal: Journal) -> None:
+        if journal.last("curvature_written"):
+            return
         dtype = torch.float64 if self.config.precision == "float64" else torch.float32
         solvers = [
             RandomizedEigenSolver(s.dim, rank, self.config.oversample, self.config.power_iters,
@@ -183,14 +185,17 @@ class _Build:
                         solver.accumulate(self.layout.gradients(spec, block))
                 for solver in solvers:
                     solver.finish_pass()
-                self._save_state(solvers, pass_index + 1)
-                journal.append(event="curvature_pass", done=pass_index + 1)
-                crash_point(f"curvature-pass:{pass_index + 1}")
+                if pass_index + 1 < total:  # the last pass's result is the curvature itself
+                    self._save_state(solvers, pass_index + 1)
+                    journal.append(event="curvature_pass", done=pass_index + 1)
+                    crash_point(f"curvature-pass:{pass_index + 1}")
         finally:
             reader.close()
         for i, solver in enumerate(solvers):
             writer.write_curvature(i, solver.result(self.config.damping)[0])
         writer.flush()
+        journal.append(event="curvature_written")
+        crash_point("curvature-written")
 
     def _save_state(self, solvers: Sequence[RandomizedEigenSolver], passes: int) -> None:
         self.state_dir.mkdir(exist_ok=True)

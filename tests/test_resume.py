@@ -1,0 +1,90 @@
+"""A build killed with SIGKILL and rerun equals an uninterrupted build, bit for bit."""
+
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from indexer import schema
+from indexer.cli import main
+
+
+def build_args(model_dir, data_file, out, *extra):
+    return ["build", "--model", str(model_dir), "--data", str(data_file), "--out", str(out),
+            "--projection-factor", "2", "--factor-rank", "2", "--curvature-rank", "8",
+            "--max-tokens", "8", "--batch-size", "4", "--checkpoint-rows", "8", "--quiet", *extra]
+
+
+def run_cli(args, crash_at=None):
+    env = {k: v for k, v in os.environ.items() if k != "LORIF_CRASH_AT"}
+    if crash_at:
+        env["LORIF_CRASH_AT"] = crash_at
+    return subprocess.run([sys.executable, "-m", "indexer", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def compared_datasets(path):
+    with h5py.File(path, "r") as f:
+        names = [schema.FACTORS, schema.EXAMPLE_IDS, schema.EXAMPLE_TEXT, schema.EXAMPLE_TOKENS,
+                 schema.EXAMPLE_METADATA]
+        names += [schema.eigvecs(i) for i in range(len(f["layers"]))]
+        names += [schema.eigvals(i) for i in range(len(f["layers"]))]
+        names += [schema.curvature_scalars(i) for i in range(len(f["layers"]))]
+        return {name: f[name][...] for name in names}
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir, data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    assert main(build_args(model_dir, data_file, out)) == 0
+    return compared_datasets(out)
+
+
+@pytest.mark.parametrize("crash_at", ["after-create", "rows:2", "curvature-pass:3", "curvature-written", "before-rename"])
+def test_resume_after_sigkill_equals_uninterrupted(model_dir, data_file, tmp_path, reference, crash_at):
+    out = tmp_path / "idx.h5"
+    crashed = run_cli(build_args(model_dir, data_file, out), crash_at)
+    assert crashed.returncode == -9, crashed.stderr
+    assert not out.exists() and out.with_name("idx.h5.partial").exists()
+    resumed = run_cli(build_args(model_dir, data_file, out))
+    assert resumed.returncode == 0, resumed.stderr
+    if crash_at == "rows:2":
+        assert "resumed from row    16" in resumed.stdout
+    got = compared_datasets(out)
+    for name, expected in reference.items():
+        assert np.array_equal(got[name], expected), name
+    assert not out.with_name("idx.h5.partial").exists()
+    assert not out.with_name("idx.h5.partial.journal").exists()
+    assert main(["verify", str(out)]) == 0
+
+
+def test_crash_after_rename_then_rerun_reports_complete(model_dir, data_file, tmp_path):
+    out = tmp_path / "idx.h5"
+    assert run_cli(build_args(model_dir, data_file, out), "after-rename").returncode == -9
+    rerun = run_cli(build_args(model_dir, data_file, out))
+    assert rerun.returncode == 0 and "already complete" in rerun.stdout
+    assert not out.with_name("idx.h5.partial.journal").exists()
+
+
+def test_resume_with_different_config_names_the_fields(model_dir, data_file, tmp_path, capsys):
+    out = tmp_path / "idx.h5"
+    assert run_cli(build_args(model_dir, data_file, out), "rows:1").returncode == -9
+    args = build_args(model_dir, data_file, out)
+    args[args.index("--factor-rank") + 1] = "1"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "config.factor_rank: 2 → 1" in err and "different setup" in err
+    # The partial build is untouched and still resumes with the original settings.
+    assert main(build_args(model_dir, data_file, out)) == 0
+
+
+def test_existing_index_from_another_build_is_not_overwritten(model_dir, data_file, tmp_path, capsys):
+    out = tmp_path / "idx.h5"
+    assert main(build_args(model_dir, data_file, out)) == 0
+    before = out.read_bytes()
+    assert main(build_args(model_dir, data_file, out, "--seed", "3")) == 2
+    assert "already exists from a different build" in capsys.readouterr().err
+    assert out.read_bytes() == before
