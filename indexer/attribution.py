@@ -15,7 +15,13 @@ import torch
 from .curvature import Curvature
 from .factors import LayerSpec, RowLayout
 from .hooks import ProjectedGradients, collate
-from .scoring import factor_query, score_dense, score_factored, score_factored_lowrank, truncate_query
+from .scoring import (
+    factor_query,
+    score_dense,
+    score_factored,
+    score_factored_lowrank,
+    truncate_query,
+)
 
 
 def encode_prompt_completion(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
@@ -38,7 +44,10 @@ class QueryGradients:
 
 
 def featurize(
-    capture: ProjectedGradients, tokenizer: Any, queries: Sequence[tuple[str, str]], device: torch.device
+    capture: ProjectedGradients,
+    tokenizer: Any,
+    queries: Sequence[tuple[str, str]],
+    device: torch.device,
 ) -> QueryGradients:
     """Projected query gradients: loss over completion tokens only, prompt as context."""
     encoded = [encode_prompt_completion(tokenizer, p, c) for p, c in queries]
@@ -99,8 +108,12 @@ def score_block(layout: RowLayout, block: torch.Tensor, query: ScanQuery) -> tor
             left, right = layout.factors(spec, block)
             if query.factored is not None:
                 factors = query.factored[spec.name]
-                factors = type(factors)(*(t.to(block.dtype) for t in (
-                    factors.scales, factors.left, factors.right, factors.energy_kept)))
+                factors = type(factors)(
+                    *(
+                        t.to(block.dtype)
+                        for t in (factors.scales, factors.left, factors.right, factors.energy_kept)
+                    )
+                )
                 part = score_factored_lowrank(left, right, factors)
             else:
                 part = score_factored(left, right, hq)

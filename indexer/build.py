@@ -23,7 +23,7 @@ from .hooks import ProjectedGradients, collate
 from .journal import Journal, atomic_write_arrays, read_arrays
 from .layers import find_layers
 from .models import LoadedModel, load_model
-from .projection import LayerProjection, make_projection, projected_dims
+from .projection import make_projection, projected_dims
 from .reader import IndexReader
 from .writer import RawWriter, create_index_file
 
@@ -60,21 +60,34 @@ def layer_specs(model: torch.nn.Module, config: IndexConfig) -> list[LayerSpec]:
             layer.in_features, layer.out_features, config.projection_factor, config.d1, config.d2
         )
         rank = min(config.factor_rank, d1, d2)
-        specs.append(LayerSpec(layer.name, layer.in_features, layer.out_features, d1, d2, rank, config.dense))
+        specs.append(
+            LayerSpec(layer.name, layer.in_features, layer.out_features, d1, d2, rank, config.dense)
+        )
     return specs
 
 
 def _identity_view(metadata: dict[str, Any]) -> dict[str, Any]:
     """The fields a resume must match, flattened for readable differences."""
     view = {f"config.{k}": v for k, v in metadata["config"].items()}
-    view |= {f"model.{k}": metadata["model"][k] for k in ("config_hash", "weights_hash", "tokenizer_hash")}
+    view |= {
+        f"model.{k}": metadata["model"][k]
+        for k in ("config_hash", "weights_hash", "tokenizer_hash")
+    }
     view |= {"dataset.digest": metadata["dataset"]["digest"], "dataset.n": metadata["dataset"]["n"]}
     return view
 
 
 class _Build:
-    def __init__(self, loaded: LoadedModel, examples: list[Example], bad: list[BadRecord],
-                 data_source: str, out: Path, config: IndexConfig, progress: bool) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        examples: list[Example],
+        bad: list[BadRecord],
+        data_source: str,
+        out: Path,
+        config: IndexConfig,
+        progress: bool,
+    ) -> None:
         self.model, self.config, self.examples, self.out = loaded.model, config, examples, out
         self.progress = progress
         self.device = next(self.model.parameters()).device
@@ -94,14 +107,18 @@ class _Build:
             "config": config.to_dict(),
             "model": loaded.identity,
             "dataset": {
-                "path": data_source, "n": len(examples), "digest": examples_digest(examples),
-                "tokens": sum(len(e.tokens) for e in examples), "bad_records": len(bad),
+                "path": data_source,
+                "n": len(examples),
+                "digest": examples_digest(examples),
+                "tokens": sum(len(e.tokens) for e in examples),
+                "bad_records": len(bad),
                 "bad_record_sample": [str(b) for b in bad[:20]],
             },
             "layers": [s.to_dict() for s in self.specs],
             "curvature_ranks": self.curvature_ranks,
             "loss": LOSS_DEFINITION,
-            "layout": "one packed (N, F) row-major dataset; per layer [L (c,d1) | R (c,d2)] or [G (d1,d2)]",
+            "layout": "one packed (N, F) row-major dataset; "
+            "per layer [L (c,d1) | R (c,d2)] or [G (d1,d2)]",
         }
 
     # ---- start or resume -----------------------------------------------------------------
@@ -109,23 +126,34 @@ class _Build:
         journal = Journal(self.journal_path)
         if journal.created and self.partial.exists():
             with IndexReader(self.partial) as saved:  # checksums are not written yet: no verify
-                diffs = differing_fields(_identity_view(saved.metadata), _identity_view(self.metadata))
+                diffs = differing_fields(
+                    _identity_view(saved.metadata), _identity_view(self.metadata)
+                )
             if diffs:
                 raise BuildError(
                     f"{self.partial} was started with a different setup; differing fields: "
-                    + "; ".join(diffs) + ". Delete the .partial files or use the original settings."
+                    + "; ".join(diffs)
+                    + ". Delete the .partial files or use the original settings."
                 )
             return RawWriter(self.partial), journal
         for stale in (self.partial, self.journal_path):
             stale.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
-        columns = {
-            "id": [e.id for e in self.examples], "text": [e.text for e in self.examples],
+        columns: dict[str, Sequence[Any]] = {
+            "id": [e.id for e in self.examples],
+            "text": [e.text for e in self.examples],
             "tokens": [len(e.tokens) for e in self.examples],
             "metadata": [e.metadata for e in self.examples],
         }
-        create_index_file(self.partial, self.metadata, self.specs, self.projections,
-                          self.curvature_ranks, columns, self.config.dtype)
+        create_index_file(
+            self.partial,
+            self.metadata,
+            self.specs,
+            self.projections,
+            self.curvature_ranks,
+            columns,
+            self.config.dtype,
+        )
         crash_point("after-create")
         journal = Journal(self.journal_path)
         journal.append(event="created")
@@ -136,12 +164,21 @@ class _Build:
         capture = ProjectedGradients(self.model, {p.name: p for p in self.projections})
         n, size, start = len(self.examples), self.config.batch_size, journal.rows_done
         since_flush, flushes = 0, 0
-        bar = tqdm(total=n, initial=start, unit="ex", desc="factors", disable=not self.progress)
+        bar = tqdm(
+            total=n,
+            initial=start,
+            unit="ex",
+            desc="factors",
+            disable=not self.progress,
+            mininterval=1.0,
+        )
         tokens_done = 0
         began = time.perf_counter()
         for first in range(start, n, size):
             chunk = self.examples[first : first + size]
-            batch = collate([e.tokens for e in chunk], [e.loss_start for e in chunk]).to(self.device)
+            batch = collate([e.tokens for e in chunk], [e.loss_start for e in chunk]).to(
+                self.device
+            )
             grads, _ = capture(batch)
             writer.write_rows(first, self.layout.pack(grads))
             since_flush += len(chunk)
@@ -161,24 +198,39 @@ class _Build:
             return
         dtype = torch.float64 if self.config.precision == "float64" else torch.float32
         solvers = [
-            RandomizedEigenSolver(s.dim, rank, self.config.oversample, self.config.power_iters,
-                                  seed=self.config.seed + i)
+            RandomizedEigenSolver(
+                s.dim,
+                rank,
+                self.config.oversample,
+                self.config.power_iters,
+                seed=self.config.seed + i,
+            )
             for i, (s, rank) in enumerate(zip(self.specs, self.curvature_ranks, strict=True))
         ]
         done = journal.curvature_passes_done
         if done:
             state = read_arrays(self.state_dir / f"pass-{done}.npz")
             for i, solver in enumerate(solvers):
-                solver.load_state({k.split("/", 1)[1]: torch.from_numpy(v)
-                                   for k, v in state.items() if k.startswith(f"{i}/")})
+                solver.load_state(
+                    {
+                        k.split("/", 1)[1]: torch.from_numpy(v)
+                        for k, v in state.items()
+                        if k.startswith(f"{i}/")
+                    }
+                )
         reader = IndexReader(self.partial)
         total = solvers[0].passes_total
         n = len(self.examples)
         try:
             for pass_index in range(done, total):
                 desc = f"curvature pass {pass_index + 1}/{total}"
-                for first in tqdm(range(0, n, _CURVATURE_BLOCK_ROWS), desc=desc, unit="block",
-                                  disable=not self.progress):
+                for first in tqdm(
+                    range(0, n, _CURVATURE_BLOCK_ROWS),
+                    desc=desc,
+                    unit="block",
+                    disable=not self.progress,
+                    mininterval=1.0,
+                ):
                     block = reader.rows(first, min(first + _CURVATURE_BLOCK_ROWS, n))
                     block = block.to(self.device, dtype)
                     for spec, solver in zip(self.specs, solvers, strict=True):
@@ -199,7 +251,9 @@ class _Build:
 
     def _save_state(self, solvers: Sequence[RandomizedEigenSolver], passes: int) -> None:
         self.state_dir.mkdir(exist_ok=True)
-        arrays = {f"{i}/{k}": v.numpy() for i, s in enumerate(solvers) for k, v in s.state().items()}
+        arrays = {
+            f"{i}/{k}": v.numpy() for i, s in enumerate(solvers) for k, v in s.state().items()
+        }
         atomic_write_arrays(self.state_dir / f"pass-{passes}.npz", arrays)
         previous = self.state_dir / f"pass-{passes - 1}.npz"
         previous.unlink(missing_ok=True)
@@ -235,14 +289,21 @@ def build_index(
     out = Path(out)
     times: dict[str, float] = {}
     began = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, config.device, config.precision)
+    loaded = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(model, config.device, config.precision)
+    )
     times["load"] = time.perf_counter() - began
     began = time.perf_counter()
     if isinstance(data, list):
-        examples, bad, source = data, [], "<in-memory examples>"
+        examples, source = data, "<in-memory examples>"
+        bad: list[BadRecord] = []
     else:
         tokenizer = loaded.tokenizer
-        examples, bad = make_examples(read_records(data), tokenizer, config.max_tokens, config.on_bad_record)
+        examples, bad = make_examples(
+            read_records(data), tokenizer, config.max_tokens, config.on_bad_record
+        )
         source = str(Path(data).resolve())
     build = _Build(loaded, examples, bad, source, out, config, progress)
     times["prepare"] = time.perf_counter() - began

@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--damping", default=defaults.damping, help="trace | paper | a number")
     build.add_argument("--layers", nargs="*", default=[], help="globs over module names")
     build.add_argument("--dtype", default=defaults.dtype, help="bf16 | fp16 | fp32")
-    build.add_argument("--precision", default=defaults.precision, help="float32 | float64 | bfloat16")
+    build.add_argument(
+        "--precision", default=defaults.precision, help="float32 | float64 | bfloat16"
+    )
     build.add_argument("--batch-size", type=int, default=defaults.batch_size)
     build.add_argument("--max-tokens", type=int, default=defaults.max_tokens)
     build.add_argument("--seed", type=int, default=defaults.seed)
@@ -51,11 +53,21 @@ def _config(args: argparse.Namespace) -> IndexConfig:
     explicit = args.d1 is not None or args.d2 is not None
     return IndexConfig(
         projection_factor=None if explicit else args.projection_factor,
-        d1=args.d1, d2=args.d2, factor_rank=args.factor_rank, dense=args.dense,
-        curvature_rank=args.curvature_rank, damping=args.damping, layers=tuple(args.layers),
-        dtype=args.dtype, precision=args.precision, batch_size=args.batch_size,
-        max_tokens=args.max_tokens, seed=args.seed, device=args.device,
-        checkpoint_rows=args.checkpoint_rows, on_bad_record=args.on_bad_record,
+        d1=args.d1,
+        d2=args.d2,
+        factor_rank=args.factor_rank,
+        dense=args.dense,
+        curvature_rank=args.curvature_rank,
+        damping=args.damping,
+        layers=tuple(args.layers),
+        dtype=args.dtype,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        device=args.device,
+        checkpoint_rows=args.checkpoint_rows,
+        on_bad_record=args.on_bad_record,
     )
 
 
@@ -69,10 +81,15 @@ def print_summary(summary: BuildSummary) -> None:
     print(f"  examples            {summary.n_examples:,} ({summary.n_tokens:,} tokens)")
     print(f"  layers              {summary.n_layers}")
     ratio = summary.dense_bytes_per_example / max(1, summary.bytes_per_example)
-    print(f"  bytes per example   {summary.bytes_per_example:,} "
-          f"(LoGRA-dense at the same D: {summary.dense_bytes_per_example:,}, {ratio:.1f}x more)")
+    print(
+        f"  bytes per example   {summary.bytes_per_example:,} "
+        f"(LoGRA-dense at the same D: {summary.dense_bytes_per_example:,}, {ratio:.1f}x more)"
+    )
     dense_total = summary.dense_bytes_per_example * summary.n_examples
-    print(f"  file size           {_mib(summary.file_bytes)} (dense factors would be {_mib(dense_total)})")
+    print(
+        f"  file size           {_mib(summary.file_bytes)} "
+        f"(dense factors would be {_mib(dense_total)})"
+    )
     if summary.resumed_from_row:
         print(f"  resumed from row    {summary.resumed_from_row:,}")
     for phase, seconds in summary.phase_seconds.items():
@@ -87,27 +104,38 @@ def print_summary(summary: BuildSummary) -> None:
 def print_info(reader: IndexReader) -> None:
     meta = reader.metadata
     config, model, data = meta["config"], meta["model"], meta["dataset"]
-    print(f"{reader.path}  (format v{reader._file.attrs['format_version']}, created {meta['created_at']})")
-    print(f"  model     {model['name']}  [{model['architecture']}]  weights {model['weights_hash'][:16]}")
-    print(f"  data      {data['path']}  N={data['n']:,}  tokens={data['tokens']:,}  "
-          f"skipped={data['bad_records']}")
+    print(f"{reader.path}  (format v{reader.format_version}, created {meta['created_at']})")
+    print(
+        f"  model     {model['name']}  [{model['architecture']}]  "
+        f"weights {model['weights_hash'][:16]}"
+    )
+    print(
+        f"  data      {data['path']}  N={data['n']:,}  tokens={data['tokens']:,}  "
+        f"skipped={data['bad_records']}"
+    )
     kind = "LoGRA-dense" if config["dense"] else f"LoRIF c={config['factor_rank']}"
-    print(f"  method    {kind}, r={config['curvature_rank']}, damping={config['damping']}, "
-          f"storage {reader.storage_dtype}, {reader.bytes_per_example:,} bytes/example")
+    print(
+        f"  method    {kind}, r={config['curvature_rank']}, damping={config['damping']}, "
+        f"storage {reader.storage_dtype}, {reader.bytes_per_example:,} bytes/example"
+    )
     print(f"  loss      {meta['loss']}")
     print(f"  {'layer':<40} {'I':>6} {'O':>6} {'d1':>5} {'d2':>5} {'c':>3} {'r':>5} {'λ':>10}")
     for i, spec in enumerate(reader.layers):
         curvature = reader.curvature(i)
         c = "-" if spec.dense else str(spec.rank)
-        print(f"  {spec.name:<40} {spec.in_features:>6} {spec.out_features:>6} {spec.d1:>5} "
-              f"{spec.d2:>5} {c:>3} {curvature.eigvals.numel():>5} {curvature.damping:>10.3g}")
+        print(
+            f"  {spec.name:<40} {spec.in_features:>6} {spec.out_features:>6} {spec.d1:>5} "
+            f"{spec.d2:>5} {c:>3} {curvature.eigvals.numel():>5} {curvature.damping:>10.3g}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "build":
-            summary = build_index(args.model, args.data, args.out, _config(args), progress=not args.quiet)
+            summary = build_index(
+                args.model, args.data, args.out, _config(args), progress=not args.quiet
+            )
             print_summary(summary)
         elif args.command == "info":
             with IndexReader(args.index) as reader:

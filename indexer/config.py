@@ -77,7 +77,8 @@ class IndexConfig:
                 object.__setattr__(self, "damping", float(self.damping))
             except ValueError:
                 raise ValueError(
-                    f"damping must be one of {DAMPING_RULES} or a positive number, got {self.damping!r}"
+                    f"damping must be one of {DAMPING_RULES} or a positive number, "
+                    f"got {self.damping!r}"
                 ) from None
         if not isinstance(self.damping, str) and not self.damping > 0:
             raise ValueError(f"damping must be positive, got {self.damping}")

@@ -42,7 +42,7 @@ class Curvature:
 
 
 def resolve_damping(rule: str | float, trace: float, dim: int, ritz_values: torch.Tensor) -> float:
-    """λ from a rule: ``trace`` = 0.5·tr/D, ``paper`` = 0.1·mean of the r+p Ritz values, or a number."""
+    """λ from a rule: ``trace`` = 0.5·tr/D, ``paper`` = 0.1·mean(r+p Ritz values), or a number."""
     if isinstance(rule, int | float):
         value = float(rule)
     elif rule == "trace":

@@ -112,7 +112,9 @@ def _read_hf_dataset(root: Path) -> Iterator[Record | BadRecord]:
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - optional dependency
-        raise DataError("reading a saved Hugging Face dataset needs the 'datasets' package") from exc
+        raise DataError(
+            "reading a saved Hugging Face dataset needs the 'datasets' package"
+        ) from exc
     loaded = datasets.load_from_disk(str(root))
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
@@ -145,7 +147,9 @@ def _chunks(record: Record, tokenizer: Tokenizer, max_tokens: int) -> Iterator[E
         piece = ids[start : start + max_tokens]
         chunk_id = f"{record.id}#{chunk}"
         if len(piece) < 2:
-            yield BadRecord(f"{record.source} ({chunk_id})", "fewer than 2 tokens: nothing to predict")
+            yield BadRecord(
+                f"{record.source} ({chunk_id})", "fewer than 2 tokens: nothing to predict"
+            )
             continue
         if offsets is not None:
             chunk_text = text[offsets[start][0] : offsets[start + len(piece) - 1][1]]
@@ -154,8 +158,12 @@ def _chunks(record: Record, tokenizer: Tokenizer, max_tokens: int) -> Iterator[E
         yield Example(chunk_id, chunk_text, piece, 0, dict(record.metadata))
 
 
-def _prompt_completion(record: Record, tokenizer: Tokenizer, max_tokens: int) -> Example | BadRecord:
-    tokens, loss_start = encode_prompt_completion(tokenizer, record.prompt or "", record.completion or "")
+def _prompt_completion(
+    record: Record, tokenizer: Tokenizer, max_tokens: int
+) -> Example | BadRecord:
+    tokens, loss_start = encode_prompt_completion(
+        tokenizer, record.prompt or "", record.completion or ""
+    )
     if len(tokens) > max_tokens:
         return BadRecord(record.source, f"{len(tokens)} tokens, over max_tokens={max_tokens}")
     if len(tokens) < 2 or loss_start >= len(tokens):
@@ -166,7 +174,10 @@ def _prompt_completion(record: Record, tokenizer: Tokenizer, max_tokens: int) ->
 
 
 def make_examples(
-    records: Iterator[Record | BadRecord], tokenizer: Tokenizer, max_tokens: int, on_bad: str = "skip"
+    records: Iterator[Record | BadRecord],
+    tokenizer: Tokenizer,
+    max_tokens: int,
+    on_bad: str = "skip",
 ) -> tuple[list[Example], list[BadRecord]]:
     """Tokenize and chunk records. Duplicate ids are bad records too."""
     examples: list[Example] = []

@@ -33,7 +33,7 @@ class RawDataset:
     def memmap(self, path: Path, mode: str = "r") -> np.ndarray:
         if self.nbytes == 0:
             return np.zeros(self.shape, self.dtype)
-        return np.memmap(path, dtype=self.dtype, mode=mode, offset=self.offset, shape=self.shape)  # type: ignore[call-overload,no-any-return]
+        return np.memmap(path, dtype=self.dtype, mode=mode, offset=self.offset, shape=self.shape)  # type: ignore[call-overload]
 
 
 def raw_datasets(path: Path) -> dict[str, RawDataset]:

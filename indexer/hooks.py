@@ -50,7 +50,11 @@ def collate(sequences: list[list[int]], loss_starts: list[int], pad_id: int = 0)
 
 def token_summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-example causal cross-entropy summed over the labelled tokens. Returns (B,)."""
-    shifted = logits[:, :-1].float() if logits.dtype in (torch.float16, torch.bfloat16) else logits[:, :-1]
+    shifted = (
+        logits[:, :-1].float()
+        if logits.dtype in (torch.float16, torch.bfloat16)
+        else logits[:, :-1]
+    )
     targets = labels[:, 1:]
     per_token = nn.functional.cross_entropy(
         shifted.reshape(-1, shifted.shape[-1]),
@@ -131,7 +135,9 @@ class ProjectedGradients:
     def _embedding_hook(self) -> torch.utils.hooks.RemovableHandle:
         embeddings = self.model.get_input_embeddings()  # type: ignore[operator]
 
-        def hook(_module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        def hook(
+            _module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> None:
             # With frozen weights nothing upstream needs a gradient: make the embedding
             # output the leaf from which activation gradients flow.
             output.requires_grad_(True)
@@ -142,7 +148,9 @@ class ProjectedGradients:
     def _forward_hook(
         self, name: str, mask: torch.Tensor, grads: dict[str, torch.Tensor], seen: set[str]
     ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
-        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        def hook(
+            _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> None:
             if name in seen:
                 raise RuntimeError(f"layer {name} ran twice in one forward; cannot attribute")
             seen.add(name)

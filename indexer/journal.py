@@ -22,7 +22,7 @@ def atomic_write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an .npz so that a reader sees either the old file or the complete new one."""
     temp = path.with_suffix(".tmp.npz")
     with open(temp, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-try:  # GPT-2 style layers: weight is (in, out), the transpose of nn.Linear's.
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a hard dependency of the indexer
-    Conv1D = None
+# GPT-2 style layers: weight is (in, out), the transpose of nn.Linear's.
+from transformers.pytorch_utils import Conv1D
 
 # A module inside a numbered block ("model.layers.3.mlp.up_proj", "transformer.h.0.attn.c_attn").
 _INSIDE_BLOCK = re.compile(r"\.\d+\.")
@@ -30,7 +28,7 @@ def linear_shape(module: nn.Module) -> tuple[int, int, str] | None:
     """(in_features, out_features, kind) for a supported linear module, else None."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, "linear"
-    if Conv1D is not None and isinstance(module, Conv1D):
+    if isinstance(module, Conv1D):
         in_features, out_features = module.weight.shape  # Conv1D stores (in, out)
         return int(in_features), int(out_features), "conv1d"
     return None

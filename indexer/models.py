@@ -57,7 +57,11 @@ def config_hash(model: nn.Module) -> str:
 
 def tokenizer_hash(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    text = (
+        backend.to_str()
+        if backend is not None
+        else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -94,5 +98,5 @@ def load_model(path: str | Path, device: str = "auto", precision: str = "float32
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{source}: cannot load model ({exc})") from exc
-    model = model.to(resolve_device(device), _DTYPES[precision]).eval()
+    model = model.to(device=resolve_device(device), dtype=_DTYPES[precision]).eval()  # type: ignore[call-arg]
     return LoadedModel(model, tokenizer, identify(model, tokenizer, str(source.resolve())))

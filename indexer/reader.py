@@ -49,7 +49,9 @@ class IndexReader:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
-            raise IndexFileError(f"{self.path}: not a readable HDF5 file ({exc}); truncated or corrupt?") from exc
+            raise IndexFileError(
+                f"{self.path}: not a readable HDF5 file ({exc}); truncated or corrupt?"
+            ) from exc
         try:
             self._check_format()
             self.metadata: dict[str, Any] = json.loads(self._file.attrs[schema.ATTR_METADATA])
@@ -96,6 +98,10 @@ class IndexReader:
                     f"{self.path}: truncated: {raw.name} needs bytes up to "
                     f"{raw.offset + raw.nbytes}, the file has {size}"
                 )
+
+    @property
+    def format_version(self) -> int:
+        return int(self._file.attrs[schema.ATTR_VERSION])
 
     # ---- shape -------------------------------------------------------------------------
     @property
@@ -167,8 +173,14 @@ class IndexReader:
         ]
         for index, spec in enumerate(self.layers):
             proj = self.projection(index)
-            again = make_projection(spec.name, spec.in_features, spec.out_features, spec.d1, spec.d2,
-                                    self.metadata["config"]["seed"])
+            again = make_projection(
+                spec.name,
+                spec.in_features,
+                spec.out_features,
+                spec.d1,
+                spec.d2,
+                self.metadata["config"]["seed"],
+            )
             if proj.seed != again.seed or not torch.equal(proj.p_in, again.p_in):
                 problems.append(f"projection of {spec.name} does not match its seed")
         return problems

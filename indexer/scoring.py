@@ -43,7 +43,9 @@ class QueryFactors:
     energy_kept: torch.Tensor  # (B,) fraction of Σ s² kept
 
 
-def factor_query(hq: torch.Tensor, energy: float | None = None, rank: int | None = None) -> QueryFactors:
+def factor_query(
+    hq: torch.Tensor, energy: float | None = None, rank: int | None = None
+) -> QueryFactors:
     """SVD of each preconditioned query, cut at a fixed rank or an energy fraction.
 
     One rank serves the whole batch (the largest any query needs) so the scan stays one GEMM.
@@ -61,7 +63,9 @@ def factor_query(hq: torch.Tensor, energy: float | None = None, rank: int | None
     return QueryFactors(s[:, :rank], u[:, :, :rank].transpose(1, 2), vh[:, :rank, :], kept)
 
 
-def score_factored_lowrank(left: torch.Tensor, right: torch.Tensor, query: QueryFactors) -> torch.Tensor:
+def score_factored_lowrank(
+    left: torch.Tensor, right: torch.Tensor, query: QueryFactors
+) -> torch.Tensor:
     """Σ_m s_m Σ_k (a_m·L_k)(b_m·R_k): q·c·(d1+d2) FLOPs per example instead of c·d1·d2.
 
     Returns (B, N); exact when the query keeps its full rank.

@@ -60,12 +60,12 @@ def create_index_file(
         factors.attrs[schema.ATTR_STORAGE_DTYPE] = storage_dtype
         f.create_dataset(schema.EXAMPLE_IDS, data=list(examples["id"]), dtype=strings)
         f.create_dataset(schema.EXAMPLE_TEXT, data=list(examples["text"]), dtype=strings)
-        f.create_dataset(
-            schema.EXAMPLE_TOKENS, data=np.asarray(examples["tokens"], dtype=np.int32)
-        )
+        f.create_dataset(schema.EXAMPLE_TOKENS, data=np.asarray(examples["tokens"], dtype=np.int32))
         meta = [json.dumps(m, sort_keys=True, ensure_ascii=False) for m in examples["metadata"]]
         f.create_dataset(schema.EXAMPLE_METADATA, data=meta, dtype=strings)
-        for i, (spec, proj, rank) in enumerate(zip(layers, projections, curvature_ranks, strict=True)):
+        for i, (spec, proj, rank) in enumerate(
+            zip(layers, projections, curvature_ranks, strict=True)
+        ):
             group = f.require_group(schema.layer_group(i))
             group.attrs["name"] = spec.name
             group.attrs["seed"] = str(proj.seed)
@@ -97,7 +97,9 @@ class RawWriter:
         self.datasets: dict[str, RawDataset] = raw_datasets(path)
         with h5py.File(path, "r") as f:
             self.storage_dtype = str(f[schema.FACTORS].attrs[schema.ATTR_STORAGE_DTYPE])
-            self.checksummed: list[str] = json.loads(f[schema.CHECKSUMS].attrs[schema.ATTR_CHECKSUMMED])
+            self.checksummed: list[str] = json.loads(
+                f[schema.CHECKSUMS].attrs[schema.ATTR_CHECKSUMMED]
+            )
         self._fd = os.open(path, os.O_RDWR)
 
     def _write(self, name: str, array: np.ndarray, first_row: int = 0) -> None:

@@ -17,7 +17,9 @@ def good_index(tmp_path_factory):
     records = [Record(f"d{i}", "mem", text=t) for i, t in enumerate(random_texts(20, seed=2))]
     examples = make_examples(iter(records), model.tokenizer, 10)[0]
     path = tmp_path_factory.mktemp("good") / "good.h5"
-    build_index(model, examples, path, IndexConfig(projection_factor=2, curvature_rank=4), progress=False)
+    build_index(
+        model, examples, path, IndexConfig(projection_factor=2, curvature_rank=4), progress=False
+    )
     return path
 
 

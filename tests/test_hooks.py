@@ -58,7 +58,10 @@ def test_padding_does_not_change_gradients():
         for layer in layers
     }
     capture = ProjectedGradients(model, projections)
-    short, long = random_sequences(2, seed=7, low=4, high=5)[0], random_sequences(1, seed=8, low=20, high=21)[0]
+    short, long = (
+        random_sequences(2, seed=7, low=4, high=5)[0],
+        random_sequences(1, seed=8, low=20, high=21)[0],
+    )
     alone, _ = capture(collate([short], [1]))
     padded, _ = capture(collate([short, long], [1, 0]))
     for name in alone:

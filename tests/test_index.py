@@ -2,7 +2,6 @@
 
 import h5py
 import numpy as np
-import pytest
 import torch
 from models import loaded, random_texts
 
@@ -37,9 +36,28 @@ QUERIES = [("the market", "shares rose more"), ("", "film star music award")]
 
 def test_cli_index_scores_equal_in_memory_scores(model_dir, data_file, tmp_path):
     out = tmp_path / "cli.h5"
-    args = ["build", "--model", str(model_dir), "--data", str(data_file), "--out", str(out),
-            "--projection-factor", "2", "--factor-rank", "2", "--curvature-rank", "16",
-            "--dtype", "fp32", "--max-tokens", "10", "--batch-size", "8", "--quiet"]
+    args = [
+        "build",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data_file),
+        "--out",
+        str(out),
+        "--projection-factor",
+        "2",
+        "--factor-rank",
+        "2",
+        "--curvature-rank",
+        "16",
+        "--dtype",
+        "fp32",
+        "--max-tokens",
+        "10",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert main(["verify", str(out)]) == 0
     assert main(["info", str(out)]) == 0
@@ -52,27 +70,41 @@ def test_cli_index_scores_equal_in_memory_scores(model_dir, data_file, tmp_path)
         ids = reader.example_ids()
         examples = make_examples(read_records(data_file), model.tokenizer, 10)[0]
         assert [e.id for e in examples] == ids
-        projections = {reader.projection(i).name: reader.projection(i) for i in range(len(reader.layers))}
+        projections = {
+            reader.projection(i).name: reader.projection(i) for i in range(len(reader.layers))
+        }
         capture = ProjectedGradients(model.model, projections)
         grads, _ = capture(collate([e.tokens for e in examples], [e.loss_start for e in examples]))
         rows = reader.layout.pack(grads).double()
         q = featurize(capture, model.tokenizer, QUERIES, torch.device("cpu"))
-        curv = {s.name: reader.curvature(i).to("cpu", torch.float64) for i, s in enumerate(reader.layers)}
+        curv = {
+            s.name: reader.curvature(i).to("cpu", torch.float64)
+            for i, s in enumerate(reader.layers)
+        }
         hq = precondition(reader.layers, curv, {k: v.double() for k, v in q.grads.items()})
         expected = score_block(reader.layout, rows, ScanQuery(hq))
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-6 * expected.abs().max().item())
 
 
-
 def test_dense_full_rank_equals_exact_damped_influence(tmp_path):
     model = loaded()
     examples = examples_for(model)
-    config = IndexConfig(d1=3, d2=4, dense=True, curvature_rank=10_000, damping=0.05,
-                         dtype="fp32", precision="float64", max_tokens=12)
+    config = IndexConfig(
+        d1=3,
+        d2=4,
+        dense=True,
+        curvature_rank=10_000,
+        damping=0.05,
+        dtype="fp32",
+        precision="float64",
+        max_tokens=12,
+    )
     build_index(model, examples, tmp_path / "dense.h5", config, progress=False)
     with IndexReader(tmp_path / "dense.h5") as reader:
         scores, q = index_scores(reader, model, QUERIES)
-        projections = {reader.projection(i).name: reader.projection(i) for i in range(len(reader.layers))}
+        projections = {
+            reader.projection(i).name: reader.projection(i) for i in range(len(reader.layers))
+        }
     capture = ProjectedGradients(model.model, projections)
     grads, _ = capture(collate([e.tokens for e in examples], [e.loss_start for e in examples]))
     expected = torch.zeros(len(QUERIES), len(examples), dtype=torch.float64)
@@ -88,9 +120,20 @@ def test_dense_full_rank_equals_exact_damped_influence(tmp_path):
 def test_full_rank_lorif_reproduces_logra_dense(tmp_path):
     model = loaded()
     examples = examples_for(model)
-    common = dict(d1=3, d2=4, curvature_rank=12, dtype="fp32", precision="float64", max_tokens=12)
-    build_index(model, examples, tmp_path / "d.h5", IndexConfig(dense=True, **common), progress=False)
-    build_index(model, examples, tmp_path / "f.h5", IndexConfig(factor_rank=3, **common), progress=False)
+    common = {
+        "d1": 3,
+        "d2": 4,
+        "curvature_rank": 12,
+        "dtype": "fp32",
+        "precision": "float64",
+        "max_tokens": 12,
+    }
+    build_index(
+        model, examples, tmp_path / "d.h5", IndexConfig(dense=True, **common), progress=False
+    )
+    build_index(
+        model, examples, tmp_path / "f.h5", IndexConfig(factor_rank=3, **common), progress=False
+    )
     with IndexReader(tmp_path / "d.h5") as dense, IndexReader(tmp_path / "f.h5") as factored:
         assert factored.bytes_per_example == 4 * 14 * 3 * (3 + 4)
         assert dense.bytes_per_example == 4 * 14 * 12
@@ -106,11 +149,20 @@ def test_build_does_not_depend_on_batch_size(tmp_path):
     examples = examples_for(model)
     datasets = []
     for size in (3, 16):
-        config = IndexConfig(projection_factor=2, factor_rank=2, curvature_rank=6, batch_size=size,
-                             dtype="fp32", precision="float64", max_tokens=12)
+        config = IndexConfig(
+            projection_factor=2,
+            factor_rank=2,
+            curvature_rank=6,
+            batch_size=size,
+            dtype="fp32",
+            precision="float64",
+            max_tokens=12,
+        )
         build_index(model, examples, tmp_path / f"b{size}.h5", config, progress=False)
         with h5py.File(tmp_path / f"b{size}.h5") as f:
-            datasets.append((f[schema.FACTORS][...], f[schema.eigvals(0)][...], f[schema.eigvecs(0)][...]))
+            datasets.append(
+                (f[schema.FACTORS][...], f[schema.eigvals(0)][...], f[schema.eigvecs(0)][...])
+            )
     (fa, va, ea), (fb, vb, eb) = datasets
     np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(va, vb, rtol=1e-5)
@@ -123,7 +175,9 @@ def test_storage_dtypes_round_trip(tmp_path):
     examples = examples_for(model, count=8)
     stored = {}
     for dtype in ("bf16", "fp16", "fp32"):
-        config = IndexConfig(projection_factor=2, curvature_rank=4, dtype=dtype, precision="float64")
+        config = IndexConfig(
+            projection_factor=2, curvature_rank=4, dtype=dtype, precision="float64"
+        )
         build_index(model, examples, tmp_path / f"{dtype}.h5", config, progress=False)
         with IndexReader(tmp_path / f"{dtype}.h5") as reader:
             stored[dtype] = reader.rows(0, reader.n_examples).to(torch.float64)
@@ -132,7 +186,9 @@ def test_storage_dtypes_round_trip(tmp_path):
                 assert on_disk.chunks is None and on_disk.compression is None  # memory-mappable
                 assert on_disk.attrs[schema.ATTR_STORAGE_DTYPE] == reader.storage_dtype
     assert stored["bf16"].dtype == torch.float64
-    torch.testing.assert_close(stored["bf16"], stored["fp32"], rtol=1e-2, atol=1e-2 * stored["fp32"].abs().max().item())
+    torch.testing.assert_close(
+        stored["bf16"], stored["fp32"], rtol=1e-2, atol=1e-2 * stored["fp32"].abs().max().item()
+    )
     torch.testing.assert_close(stored["fp16"], stored["fp32"], rtol=1e-3, atol=1e-5)
     assert torch.equal(stored["bf16"], stored["fp32"].to(torch.bfloat16).to(torch.float64))
 
@@ -144,7 +200,9 @@ def test_prompt_masking_changes_the_gradient():
     from indexer.projection import make_projection
 
     for layer in find_layers(model.model):
-        capture_specs[layer.name] = make_projection(layer.name, layer.in_features, layer.out_features, 3, 3, 0)
+        capture_specs[layer.name] = make_projection(
+            layer.name, layer.in_features, layer.out_features, 3, 3, 0
+        )
     capture = ProjectedGradients(model.model, capture_specs)
     full, _ = capture(collate([[5, 6, 7, 8]], [0]))
     masked, _ = capture(collate([[5, 6, 7, 8]], [2]))

@@ -13,23 +13,53 @@ from indexer.cli import main
 
 
 def build_args(model_dir, data_file, out, *extra):
-    return ["build", "--model", str(model_dir), "--data", str(data_file), "--out", str(out),
-            "--projection-factor", "2", "--factor-rank", "2", "--curvature-rank", "8",
-            "--max-tokens", "8", "--batch-size", "4", "--checkpoint-rows", "8", "--quiet", *extra]
+    return [
+        "build",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data_file),
+        "--out",
+        str(out),
+        "--projection-factor",
+        "2",
+        "--factor-rank",
+        "2",
+        "--curvature-rank",
+        "8",
+        "--max-tokens",
+        "8",
+        "--batch-size",
+        "4",
+        "--checkpoint-rows",
+        "8",
+        "--quiet",
+        *extra,
+    ]
 
 
 def run_cli(args, crash_at=None):
     env = {k: v for k, v in os.environ.items() if k != "LORIF_CRASH_AT"}
     if crash_at:
         env["LORIF_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-m", "indexer", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "indexer", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def compared_datasets(path):
     with h5py.File(path, "r") as f:
-        names = [schema.FACTORS, schema.EXAMPLE_IDS, schema.EXAMPLE_TEXT, schema.EXAMPLE_TOKENS,
-                 schema.EXAMPLE_METADATA]
+        names = [
+            schema.FACTORS,
+            schema.EXAMPLE_IDS,
+            schema.EXAMPLE_TEXT,
+            schema.EXAMPLE_TOKENS,
+            schema.EXAMPLE_METADATA,
+        ]
         names += [schema.eigvecs(i) for i in range(len(f["layers"]))]
         names += [schema.eigvals(i) for i in range(len(f["layers"]))]
         names += [schema.curvature_scalars(i) for i in range(len(f["layers"]))]
@@ -43,8 +73,12 @@ def reference(model_dir, data_file, tmp_path_factory):
     return compared_datasets(out)
 
 
-@pytest.mark.parametrize("crash_at", ["after-create", "rows:2", "curvature-pass:3", "curvature-written", "before-rename"])
-def test_resume_after_sigkill_equals_uninterrupted(model_dir, data_file, tmp_path, reference, crash_at):
+@pytest.mark.parametrize(
+    "crash_at", ["after-create", "rows:2", "curvature-pass:3", "curvature-written", "before-rename"]
+)
+def test_resume_after_sigkill_equals_uninterrupted(
+    model_dir, data_file, tmp_path, reference, crash_at
+):
     out = tmp_path / "idx.h5"
     crashed = run_cli(build_args(model_dir, data_file, out), crash_at)
     assert crashed.returncode == -9, crashed.stderr
@@ -81,7 +115,9 @@ def test_resume_with_different_config_names_the_fields(model_dir, data_file, tmp
     assert main(build_args(model_dir, data_file, out)) == 0
 
 
-def test_existing_index_from_another_build_is_not_overwritten(model_dir, data_file, tmp_path, capsys):
+def test_existing_index_from_another_build_is_not_overwritten(
+    model_dir, data_file, tmp_path, capsys
+):
     out = tmp_path / "idx.h5"
     assert main(build_args(model_dir, data_file, out)) == 0
     before = out.read_bytes()

@@ -1,0 +1,1 @@
+"""Python client SDK for the attribution server; depends only on httpx and pydantic."""
