@@ -5,10 +5,9 @@
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 ARG TORCH_SPEC="torch==2.13.0"
-ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 WORKDIR /app
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"
+RUN pip install --no-cache-dir "${TORCH_SPEC}"
 COPY pyproject.toml README.md ./
 COPY indexer ./indexer
 COPY server ./server

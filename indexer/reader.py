@@ -181,7 +181,8 @@ class IndexReader:
                 spec.d2,
                 self.metadata["config"]["seed"],
             )
-            if proj.seed != again.seed or not torch.equal(proj.p_in, again.p_in):
+            same = torch.equal(proj.p_in, again.p_in) and torch.equal(proj.p_out, again.p_out)
+            if proj.seed != again.seed or not same:
                 problems.append(f"projection of {spec.name} does not match its seed")
         return problems
 

@@ -69,6 +69,7 @@ def create_index_file(
             group = f.require_group(schema.layer_group(i))
             group.attrs["name"] = spec.name
             group.attrs["seed"] = str(proj.seed)
+            group.attrs["projection"] = "rademacher ±1/sqrt(width); P_out seed = seed + 1"
             f.create_dataset(schema.p_in(i), data=proj.p_in.numpy().astype(np.float32))
             f.create_dataset(schema.p_out(i), data=proj.p_out.numpy().astype(np.float32))
             dcpl = _early_contiguous
