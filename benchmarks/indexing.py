@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from examples.bbc.corpus import load_articles
 from indexer import IndexConfig, build_index
 from indexer.build import layer_specs
@@ -131,11 +129,24 @@ def main() -> None:
     rows = [
         run(m, args.n, args.batch_size, args.max_tokens, args.projection_factor) for m in args.model
     ]
-    table = "| model | params | layers | N | plain fwd+bwd ex/s | attribution pass ex/s | pass / plain | whole build ex/s | bytes/ex (LoRIF) | bytes/ex (dense) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    columns = [
+        "model",
+        "params",
+        "layers",
+        "N",
+        "plain fwd+bwd ex/s",
+        "attribution pass ex/s",
+        "pass / plain",
+        "whole build ex/s",
+        "bytes/ex (LoRIF)",
+        "bytes/ex (dense)",
+    ]
+    table = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     for r in rows:
         table += (
             f"| {r['model']} | {r['params'] / 1e6:.2f} M | {r['layers']} | {r['n_examples']} | "
-            f"{r['plain_fwd_bwd_examples_per_s']:.1f} | {r['attribution_pass_examples_per_s']:.1f} | "
+            f"{r['plain_fwd_bwd_examples_per_s']:.1f} | "
+            f"{r['attribution_pass_examples_per_s']:.1f} | "
             f"{r['attribution_over_plain']:.2f} | {r['build_examples_per_s']:.1f} | "
             f"{r['bytes_per_example']:,} | {r['dense_bytes_per_example']:,} |\n"
         )

@@ -115,7 +115,10 @@ def main() -> None:
                 "cold_gb_s": nbytes / cold / 1e9,
                 "datasets": len(layout),
             }
-    table = f"Scan of {n:,} rows × {total:,} bf16 values ({nbytes / 2**20:,.0f} MiB) in blocks of {BLOCK_ROWS} rows.\n\n"
+    table = (
+        f"Scan of {n:,} rows × {total:,} bf16 values ({nbytes / 2**20:,.0f} MiB) "
+        f"in blocks of {BLOCK_ROWS} rows.\n\n"
+    )
     table += "| layout | datasets | warm page cache GB/s | cold GB/s |\n|---|---|---|---|\n"
     for name, r in results.items():
         table += f"| {name} | {r['datasets']} | {r['warm_gb_s']:.2f} | {r['cold_gb_s']:.2f} |\n"
