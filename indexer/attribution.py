@@ -43,6 +43,14 @@ class QueryGradients:
     completion_tokens: list[int]
 
 
+def encoded_gradients(
+    capture: ProjectedGradients, encoded: Sequence[tuple[list[int], int]], device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Projected gradients of already-encoded (tokens, loss start) queries, in one pass."""
+    batch = collate([ids for ids, _ in encoded], [start for _, start in encoded]).to(device)
+    return capture(batch)
+
+
 def featurize(
     capture: ProjectedGradients,
     tokenizer: Any,
@@ -51,8 +59,7 @@ def featurize(
 ) -> QueryGradients:
     """Projected query gradients: loss over completion tokens only, prompt as context."""
     encoded = [encode_prompt_completion(tokenizer, p, c) for p, c in queries]
-    batch = collate([ids for ids, _ in encoded], [start for _, start in encoded]).to(device)
-    grads, losses = capture(batch)
+    grads, losses = encoded_gradients(capture, encoded, device)
     return QueryGradients(
         grads, losses, [start for _, start in encoded], [len(ids) - start for ids, start in encoded]
     )

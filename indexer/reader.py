@@ -171,6 +171,11 @@ class IndexReader:
         problems += [
             f"checksum mismatch in {name}" for name in names if stored[name] != actual[name]
         ]
+        return problems + self.verify_projections()
+
+    def verify_projections(self) -> list[str]:
+        """Each stored projection equals its regeneration from the recorded seed."""
+        problems = []
         for index, spec in enumerate(self.layers):
             proj = self.projection(index)
             again = make_projection(

@@ -1,0 +1,63 @@
+"""``python -m client query --url … --prompt … --completion …``: print the top-k as a table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._client import Client
+from .errors import AttributionError
+from .models import AttributionResponse, ResultItem
+
+
+def _first_line(text: str | None, width: int = 72) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def format_table(items: list[ResultItem], title: str) -> str:
+    rows = [f"{title}", f"{'rank':>4}  {'score':>12}  {'id':<28}  text"]
+    for item in items:
+        rows.append(f"{item.rank:>4}  {item.score:>12.5g}  {item.id:<28}  {_first_line(item.text)}")
+    return "\n".join(rows)
+
+
+def render(response: AttributionResponse) -> str:
+    parts = []
+    if response.query is not None:
+        q = response.query
+        parts.append(
+            f"completion tokens {q.completion_tokens}, loss {q.loss:.3f}; "
+            f"index {response.index.name} (N={response.index.n_examples:,}); "
+            f"{response.timings.total_ms:.1f} ms (featurize {response.timings.featurize_ms:.1f}, "
+            f"precondition {response.timings.precondition_ms:.1f}, scan {response.timings.scan_ms:.1f})"
+        )
+    parts.append(format_table(response.results or [], "proponents"))
+    if response.opponents:
+        parts.append(format_table(response.opponents, "opponents"))
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client")
+    commands = parser.add_subparsers(dest="command", required=True)
+    query = commands.add_parser("query", help="attribute one completion")
+    query.add_argument("--url", required=True)
+    query.add_argument("--prompt", default="")
+    query.add_argument("--completion", required=True)
+    query.add_argument("--top-k", type=int, default=10)
+    query.add_argument("--opponents", action="store_true")
+    query.add_argument("--api-key", help="default: $LORIF_API_KEY")
+    query.add_argument("--timeout", type=float, default=60.0)
+    query.add_argument("--json", action="store_true", help="print the raw JSON response")
+    args = parser.parse_args(argv)
+    try:
+        with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+            response = client.attribute(
+                args.prompt, args.completion, top_k=args.top_k, opponents=args.opponents
+            )
+    except AttributionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(response.model_dump_json(indent=2) if args.json else render(response))
+    return 0

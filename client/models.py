@@ -1,0 +1,147 @@
+"""The wire schema of the attribution API, v1. The server imports these very models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_TOP_K = 1000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AttributionQuery(_Strict):
+    """One (prompt, completion) to attribute."""
+
+    prompt: str = Field("", description="Context; its tokens carry no loss.")
+    completion: str = Field(
+        ..., min_length=1, description="The text whose likelihood is attributed."
+    )
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="How many proponents to return.")
+    opponents: bool = Field(False, description="Also return the k most opposing examples.")
+    return_text: bool = Field(True, description="Include each example's text.")
+    layers: list[str] | None = Field(
+        None, min_length=1, description="Score with these tracked layers only (default: all)."
+    )
+
+
+class AttributionRequest(AttributionQuery):
+    """Body of POST /v1/attributions: one query, or a batch under ``queries``."""
+
+    completion: str | None = Field(None, min_length=1)  # type: ignore[assignment]
+    queries: list[AttributionQuery] | None = Field(None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> AttributionRequest:
+        if (self.queries is None) == (self.completion is None):
+            raise ValueError("give either 'completion' (single form) or 'queries' (batch form)")
+        return self
+
+    def as_queries(self) -> list[AttributionQuery]:
+        if self.queries is not None:
+            return list(self.queries)
+        data = self.model_dump(exclude={"queries"})
+        return [AttributionQuery(**data)]
+
+
+class ResultItem(BaseModel):
+    rank: int
+    index: int = Field(description="Row of the example in the index.")
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class QueryInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    loss: float = Field(description="Summed cross-entropy of the completion tokens.")
+    energy_kept: float | None = Field(None, description="Low-rank query scans only.")
+
+
+class Timings(BaseModel):
+    """Milliseconds. Scan figures are for the shared pass that served this query's batch."""
+
+    queue_ms: float = 0.0
+    featurize_ms: float = 0.0
+    precondition_ms: float = 0.0
+    scan_ms: float = 0.0
+    scan_wait_ms: float = Field(
+        0.0, description="Time the scorer waited for data (I/O not hidden)."
+    )
+    total_ms: float = 0.0
+    batch_size: int = 1
+    scan_bytes: int = 0
+    scan_blocks: int = 0
+
+
+class IndexSummary(BaseModel):
+    name: str
+    n_examples: int
+    format_version: int
+    residency: str
+
+
+class AttributionResult(BaseModel):
+    results: list[ResultItem]
+    opponents: list[ResultItem] | None = None
+    query: QueryInfo
+    index: IndexSummary
+    timings: Timings
+
+
+class AttributionResponse(BaseModel):
+    """Single form: one result at the top level. Batch form: ``batch`` in query order."""
+
+    results: list[ResultItem] | None = None
+    opponents: list[ResultItem] | None = None
+    query: QueryInfo | None = None
+    index: IndexSummary
+    timings: Timings
+    batch: list[AttributionResult] | None = None
+
+
+class LayerInfo(BaseModel):
+    name: str
+    in_features: int
+    out_features: int
+    d1: int
+    d2: int
+    rank: int
+    dense: bool
+    curvature_rank: int
+    damping: float
+
+
+class IndexInfo(BaseModel):
+    name: str
+    n_examples: int
+    format_version: int
+    created_at: str
+    residency: str
+    bytes_per_example: int
+    storage_dtype: str
+    method: str
+    config: dict[str, Any]
+    model: dict[str, Any]
+    dataset: dict[str, Any]
+    layers: list[LayerInfo]
+    path: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error response."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None

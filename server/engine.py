@@ -1,0 +1,297 @@
+"""The scan engine: factor residency, a pipelined block reader and a running top-k (SPEC §5).
+
+A reader stage fills preallocated host buffers with the next row block (a thread copying
+from the memory map for ``disk`` residency) while the compute stage scores the current one;
+on a GPU the host-to-device copy runs on its own stream. Running best and worst k are
+merged per block on the compute device, and only the final (B, k) leave it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import psutil
+import torch
+
+from indexer.attribution import ScanQuery, score_block
+from indexer.reader import IndexReader
+
+RESIDENCIES = ("auto", "gpu", "ram", "disk")
+# (host rows, start, stop, seconds the compute stage waited, release the host buffer or None)
+_HostBlock = tuple[torch.Tensor, int, int, float, "Callable[[], None] | None"]
+_BUFFERS = 3
+
+
+@dataclass
+class ScanResult:
+    top_scores: torch.Tensor  # (B, k) descending
+    top_rows: torch.Tensor  # (B, k)
+    bottom_scores: torch.Tensor | None  # (B, k') ascending
+    bottom_rows: torch.Tensor | None
+    seconds: float
+    wait_seconds: float  # compute stage blocked on data
+    bytes: int
+    blocks: int
+
+
+def choose_residency(
+    requested: str, nbytes: int, device: torch.device, gpu_fraction: float, ram_fraction: float
+) -> str:
+    """``auto`` → the fastest residency whose copy fits the configured memory fraction."""
+    if requested not in RESIDENCIES:
+        raise ValueError(f"residency must be one of {RESIDENCIES}, got {requested!r}")
+    if requested == "gpu" and device.type != "cuda":
+        raise ValueError("residency 'gpu' needs a CUDA device")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes <= gpu_fraction * free:
+            return "gpu"
+    if nbytes <= ram_fraction * psutil.virtual_memory().available:
+        return "ram"
+    return "disk"
+
+
+class _Merger:
+    """Running top-k (largest or smallest) over blocks of (B, n) scores."""
+
+    def __init__(self, k: int, largest: bool) -> None:
+        self.k, self.largest = k, largest
+        self.scores: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None
+
+    def add(self, scores: torch.Tensor, first_row: int) -> None:
+        take = min(self.k, scores.shape[1])
+        values, rows = scores.topk(take, dim=1, largest=self.largest, sorted=False)
+        rows = rows + first_row
+        if self.scores is not None and self.rows is not None:
+            values = torch.cat([self.scores, values], dim=1)
+            rows = torch.cat([self.rows, rows], dim=1)
+            take = min(self.k, values.shape[1])
+            values, picked = values.topk(take, dim=1, largest=self.largest, sorted=False)
+            rows = rows.gather(1, picked)
+        self.scores, self.rows = values, rows
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.scores is not None and self.rows is not None
+        # Sort by score, ties by row, so the ranking is deterministic.
+        order = torch.argsort(self.rows, dim=1, stable=True)
+        scores, rows = self.scores.gather(1, order), self.rows.gather(1, order)
+        order = torch.argsort(scores, dim=1, descending=self.largest, stable=True)
+        return scores.gather(1, order).cpu(), rows.gather(1, order).cpu()
+
+
+class ScanEngine:
+    """Scores every stored example for a batch of preconditioned queries.
+
+    Args:
+        reader: the open index.
+        device: where scoring runs.
+        residency: ``auto | gpu | ram | disk``.
+        block_rows: rows per pipelined block.
+        gpu_fraction: share of free GPU memory ``auto`` may use for the factors.
+        ram_fraction: share of available RAM ``auto`` may use for the factors.
+    """
+
+    def __init__(
+        self,
+        reader: IndexReader,
+        device: torch.device,
+        residency: str = "auto",
+        block_rows: int = 8192,
+        gpu_fraction: float = 0.8,
+        ram_fraction: float = 0.5,
+    ) -> None:
+        self.reader, self.device = reader, device
+        self.layout = reader.layout
+        self.n = reader.n_examples
+        self.block_rows = max(1, min(block_rows, max(self.n, 1)))
+        self.row_bytes = reader.layout.width * reader.factor_dataset.itemsize
+        self.residency = choose_residency(
+            residency, self.n * self.row_bytes, device, gpu_fraction, ram_fraction
+        )
+        self.compute_dtype = torch.float32
+        self._lock = threading.Lock()  # one scan at a time owns the buffers
+        self._resident: torch.Tensor | None = None
+        pin = device.type == "cuda"
+        if self.residency == "gpu":
+            self._resident = reader.rows(0, self.n).to(device)
+        elif self.residency == "ram":
+            self._resident = reader.rows(0, self.n).clone()
+            if pin:
+                self._resident = self._resident.pin_memory()
+        storage_dtype = reader.rows(0, 0).dtype
+        shape = (self.block_rows, reader.layout.width)
+        self._host = [
+            torch.empty(shape, dtype=storage_dtype, pin_memory=pin) for _ in range(_BUFFERS)
+        ]
+        self._work = [torch.empty(shape, dtype=self.compute_dtype, device=device) for _ in range(2)]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.n * self.row_bytes
+
+    # ---- reader stage --------------------------------------------------------------------
+    def _blocks(self) -> list[tuple[int, int]]:
+        return [(s, min(s + self.block_rows, self.n)) for s in range(0, self.n, self.block_rows)]
+
+    def _read_ahead(self, stop_event: threading.Event) -> Generator[tuple[int, int, int]]:
+        """Disk residency: a thread copies blocks into free host buffers.
+
+        Yields (buffer index, start, stop); the consumer returns buffers via ``self._free``.
+        """
+        free: queue.Queue[int] = queue.Queue()
+        ready: queue.Queue[tuple[int, int, int] | BaseException | None] = queue.Queue(
+            maxsize=_BUFFERS
+        )
+        for index in range(_BUFFERS):
+            free.put(index)
+
+        def reader_loop() -> None:
+            try:
+                for start, stop in self._blocks():
+                    index = free.get()
+                    if stop_event.is_set():
+                        return
+                    self._host[index][: stop - start].copy_(self.reader.rows(start, stop))
+                    ready.put((index, start, stop))
+                ready.put(None)
+            except BaseException as exc:  # surface reader errors in the compute stage
+                ready.put(exc)
+
+        thread = threading.Thread(target=reader_loop, name="index-reader", daemon=True)
+        thread.start()
+        self._free = free
+        try:
+            while True:
+                item = ready.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop_event.set()
+            for index in range(_BUFFERS):
+                free.put(index)  # unblock the reader if it waits for a buffer
+            thread.join()
+
+    # ---- compute stage -------------------------------------------------------------------
+    def scan(self, query: ScanQuery, top_k: int, bottom_k: int = 0) -> ScanResult:
+        """One pass over all rows for every query in ``query`` (B queries)."""
+        if self.n == 0:
+            raise ValueError("the index has no rows")
+        with self._lock:
+            return self._scan(self._on_device(query), top_k, bottom_k)
+
+    def _on_device(self, query: ScanQuery) -> ScanQuery:
+        hq = {k: v.to(self.device, self.compute_dtype) for k, v in query.hq.items()}
+        return ScanQuery(hq, energy=query.energy, rank=query.rank)
+
+    def _scan(self, query: ScanQuery, top_k: int, bottom_k: int) -> ScanResult:
+        best = _Merger(top_k, largest=True)
+        worst = _Merger(bottom_k, largest=False) if bottom_k else None
+        began = time.perf_counter()
+        wait = 0.0
+        blocks = 0
+        cuda = self.device.type == "cuda"
+        copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        for block, start, _stop, waited in self._device_blocks(copy_stream):
+            wait += waited
+            scores = score_block(self.layout, block, query)
+            best.add(scores, start)
+            if worst is not None:
+                worst.add(scores, start)
+            blocks += 1
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        top_scores, top_rows = best.result()
+        bottom = worst.result() if worst is not None else (None, None)
+        return ScanResult(
+            top_scores,
+            top_rows,
+            bottom[0],
+            bottom[1],
+            time.perf_counter() - began,
+            wait,
+            self.total_bytes,
+            blocks,
+        )
+
+    def _device_blocks(
+        self, copy_stream: torch.cuda.Stream | None
+    ) -> Iterator[tuple[torch.Tensor, int, int, float]]:
+        """Yields (block in compute dtype on the device, start, stop, seconds waited)."""
+        if self.residency == "gpu" and self._resident is not None:
+            for start, stop in self._blocks():
+                work = self._work[0][: stop - start]
+                work.copy_(self._resident[start:stop])
+                yield work, start, stop, 0.0
+            return
+        if self.residency == "ram" and self._resident is not None:
+            resident = self._resident
+            yield from self._to_device(
+                ((resident[a:b], a, b, 0.0, None) for a, b in self._blocks()), copy_stream
+            )
+            return
+        yield from self._to_device(self._from_disk(), copy_stream)
+
+    def _from_disk(self) -> Iterator[_HostBlock]:
+        stop_event = threading.Event()
+        reads = self._read_ahead(stop_event)
+        try:
+            while True:
+                began = time.perf_counter()
+                try:
+                    index, start, stop = next(reads)
+                except StopIteration:
+                    return
+                waited = time.perf_counter() - began
+                yield (
+                    self._host[index][: stop - start],
+                    start,
+                    stop,
+                    waited,
+                    partial(self._free.put, index),
+                )
+        finally:
+            reads.close()
+
+    def _to_device(
+        self,
+        sources: Iterator[_HostBlock],
+        copy_stream: torch.cuda.Stream | None,
+    ) -> Iterator[tuple[torch.Tensor, int, int, float]]:
+        """Move host blocks into the two device work buffers, alternating between them."""
+        used: list[torch.cuda.Event | None] = [None, None]
+        for slot_counter, (host, start, stop, waited, release) in enumerate(sources):
+            slot = slot_counter % 2
+            work = self._work[slot][: stop - start]
+            if copy_stream is not None:
+                # Copy (and bf16→fp32 cast) on a side stream so it overlaps the scoring of
+                # the previous block; it must only wait for the last use of this slot.
+                previous_use = used[slot]
+                if previous_use is not None:
+                    copy_stream.wait_event(previous_use)
+                with torch.cuda.stream(copy_stream):
+                    work.copy_(host, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record(copy_stream)
+                torch.cuda.current_stream(self.device).wait_event(copied)
+                if release is not None:
+                    copied.synchronize()  # the host buffer may be refilled only after its copy
+            else:
+                work.copy_(host)  # bf16 → fp32 into a reused buffer
+            if release is not None:
+                release()
+            yield work, start, stop, waited
+            if copy_stream is not None:
+                # The consumer has now enqueued its scoring of this slot.
+                used[slot] = torch.cuda.Event()
+                used[slot].record(torch.cuda.current_stream(self.device))  # type: ignore[union-attr]

@@ -1,0 +1,243 @@
+"""The attribution service: validate → featurize → precondition → scan → results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from client.models import (
+    AttributionQuery,
+    AttributionResult,
+    IndexInfo,
+    IndexSummary,
+    LayerInfo,
+    QueryInfo,
+    ResultItem,
+    Timings,
+)
+from indexer.attribution import ScanQuery, precondition
+from indexer.curvature import Curvature
+from indexer.reader import IndexReader
+
+from .batcher import WorkItem
+from .engine import ScanEngine, ScanResult
+from .errors import ProblemError
+from .featurizer import Encoded, Featurizer
+from .metrics import ServerMetrics
+
+
+@dataclass
+class QueryOptions:
+    mode: str = "exact"  # exact | energy | rank
+    energy: float = 0.99
+    rank: int = 8
+    truncate_to_factor_rank: bool = False
+
+
+class AttributionService:
+    """Owns the index, the featurizer and the engine. ``process`` runs on the scan thread only."""
+
+    def __init__(
+        self,
+        reader: IndexReader,
+        featurizer: Featurizer,
+        engine: ScanEngine,
+        metrics: ServerMetrics,
+        max_query_tokens: int = 2048,
+        options: QueryOptions | None = None,
+        expose_paths: bool = False,
+    ) -> None:
+        self.reader, self.featurizer, self.engine, self.metrics = (
+            reader,
+            featurizer,
+            engine,
+            metrics,
+        )
+        self.max_query_tokens = max_query_tokens
+        self.options = options or QueryOptions()
+        self.specs = reader.layers
+        self.layer_names = {spec.name for spec in self.specs}
+        self.curvatures: dict[str, Curvature] = {
+            spec.name: reader.curvature(i).to(engine.device, torch.float32)
+            for i, spec in enumerate(self.specs)
+        }
+        self.name = Path(reader.path).stem
+        self.summary = IndexSummary(
+            name=self.name,
+            n_examples=reader.n_examples,
+            format_version=reader.format_version,
+            residency=engine.residency,
+        )
+        self.info = self._index_info(expose_paths)
+        metrics.index_info.info(
+            {
+                "name": self.name,
+                "n": str(reader.n_examples),
+                "residency": engine.residency,
+                "bytes": str(engine.total_bytes),
+            }
+        )
+
+    # ---- request thread ------------------------------------------------------------------
+    def encode(self, query: AttributionQuery) -> Encoded:
+        """Tokenize and check limits before queueing (→ 413 / 422)."""
+        if query.layers is not None:
+            unknown = sorted(set(query.layers) - self.layer_names)
+            if unknown:
+                raise ProblemError(422, f"layers: not tracked by this index: {unknown[:5]}")
+        encoded = self.featurizer.encode(query.prompt, query.completion)
+        tokens = len(encoded[0])
+        if tokens > self.max_query_tokens:
+            raise ProblemError(
+                413, f"query has {tokens} tokens; the limit is {self.max_query_tokens}"
+            )
+        if encoded[1] >= tokens:
+            raise ProblemError(422, "completion: no tokens to attribute")
+        return encoded
+
+    # ---- scan thread ---------------------------------------------------------------------
+    def process(self, items: Sequence[WorkItem]) -> list[AttributionResult]:
+        began = time.perf_counter()
+        grads, losses = self.featurizer.gradients([item.encoded for item in items])
+        featurized = time.perf_counter()
+        truncate = None
+        if self.options.truncate_to_factor_rank:
+            truncate = max(1, min(spec.rank for spec in self.specs))
+        hq = precondition(self.specs, self.curvatures, grads, query_rank=truncate)
+        self._mask_layers(hq, items)
+        scan_query = self._scan_query(hq)
+        preconditioned = time.perf_counter()
+        top_k = max(item.query.top_k for item in items)
+        bottom_k = max((item.query.top_k for item in items if item.query.opponents), default=0)
+        result = self.engine.scan(scan_query, top_k, bottom_k)
+        self._record(result, featurized - began)
+        timings = Timings(
+            featurize_ms=1000 * (featurized - began),
+            precondition_ms=1000 * (preconditioned - featurized),
+            scan_ms=1000 * result.seconds,
+            scan_wait_ms=1000 * result.wait_seconds,
+            batch_size=len(items),
+            scan_bytes=result.bytes,
+            scan_blocks=result.blocks,
+        )
+        energy = self._energy_kept(scan_query, len(items))
+        return [
+            self._result(row, item, result, timings, float(losses[row]), energy[row], began)
+            for row, item in enumerate(items)
+        ]
+
+    def _mask_layers(self, hq: dict[str, torch.Tensor], items: Sequence[WorkItem]) -> None:
+        """A query restricted to some layers scores zero through the others: exact, one GEMM."""
+        for row, item in enumerate(items):
+            if item.query.layers is not None:
+                for name in self.layer_names - set(item.query.layers):
+                    hq[name][row] = 0
+
+    def _scan_query(self, hq: dict[str, torch.Tensor]) -> ScanQuery:
+        if self.options.mode == "energy":
+            return ScanQuery(hq, energy=self.options.energy)
+        if self.options.mode == "rank":
+            return ScanQuery(hq, rank=self.options.rank)
+        return ScanQuery(hq)
+
+    @staticmethod
+    def _energy_kept(query: ScanQuery, batch: int) -> list[float | None]:
+        if not query.energy_kept:
+            return [None] * batch
+        stacked = torch.stack([kept.float().cpu() for kept in query.energy_kept.values()])
+        return [float(v) for v in stacked.mean(dim=0)]
+
+    def _record(self, result: ScanResult, featurize_seconds: float) -> None:
+        m = self.metrics
+        m.featurize_seconds.observe(featurize_seconds)
+        m.scan_seconds.observe(result.seconds)
+        m.scan_wait_seconds.inc(result.wait_seconds)
+        m.scan_bytes.inc(result.bytes)
+        m.scan_rows.inc(self.engine.n)
+        m.scan_blocks.inc(result.blocks)
+        m.scan_throughput.set(result.bytes / max(result.seconds, 1e-9))
+
+    def _result(
+        self,
+        row: int,
+        item: WorkItem,
+        scan: ScanResult,
+        timings: Timings,
+        loss: float,
+        energy: float | None,
+        began: float,
+    ) -> AttributionResult:
+        k = item.query.top_k
+        results = self._items(
+            scan.top_scores[row, :k], scan.top_rows[row, :k], item.query.return_text
+        )
+        opponents = None
+        if item.query.opponents and scan.bottom_scores is not None and scan.bottom_rows is not None:
+            opponents = self._items(
+                scan.bottom_scores[row, :k], scan.bottom_rows[row, :k], item.query.return_text
+            )
+        tokens, start = item.encoded
+        prompt_tokens = start if item.query.prompt else 0  # an empty prompt still starts at 1
+        info = QueryInfo(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(tokens) - prompt_tokens,
+            loss=loss,
+            energy_kept=energy,
+        )
+        own = timings.model_copy(update={"queue_ms": 1000 * (began - item.enqueued)})
+        return AttributionResult(
+            results=results, opponents=opponents, query=info, index=self.summary, timings=own
+        )
+
+    def _items(self, scores: torch.Tensor, rows: torch.Tensor, with_text: bool) -> list[ResultItem]:
+        records = self.reader.examples(rows.tolist())
+        return [
+            ResultItem(
+                rank=rank + 1,
+                index=rec.row,
+                id=rec.id,
+                score=float(score),
+                text=rec.text if with_text else None,
+                metadata=rec.metadata,
+            )
+            for rank, (rec, score) in enumerate(zip(records, scores.tolist(), strict=True))
+        ]
+
+    def _index_info(self, expose_paths: bool) -> IndexInfo:
+        meta = self.reader.metadata
+        config = meta["config"]
+        model = {k: v for k, v in meta["model"].items() if expose_paths or k != "path"}
+        dataset = {k: v for k, v in meta["dataset"].items() if expose_paths or k != "path"}
+        layers = [
+            LayerInfo(
+                name=spec.name,
+                in_features=spec.in_features,
+                out_features=spec.out_features,
+                d1=spec.d1,
+                d2=spec.d2,
+                rank=spec.rank,
+                dense=spec.dense,
+                curvature_rank=int(self.curvatures[spec.name].eigvals.numel()),
+                damping=self.curvatures[spec.name].damping,
+            )
+            for spec in self.specs
+        ]
+        return IndexInfo(
+            name=self.name,
+            n_examples=self.reader.n_examples,
+            format_version=self.reader.format_version,
+            created_at=meta["created_at"],
+            residency=self.engine.residency,
+            bytes_per_example=self.reader.bytes_per_example,
+            storage_dtype=self.reader.storage_dtype,
+            method="LoGRA-dense" if config["dense"] else f"LoRIF c={config['factor_rank']}",
+            config=config,
+            model=model,
+            dataset=dataset,
+            layers=layers,
+            path=str(self.reader.path) if expose_paths else None,
+        )
