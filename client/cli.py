@@ -25,12 +25,12 @@ def format_table(items: list[ResultItem], title: str) -> str:
 def render(response: AttributionResponse) -> str:
     parts = []
     if response.query is not None:
-        q = response.query
+        q, t = response.query, response.timings
         parts.append(
-            f"completion tokens {q.completion_tokens}, loss {q.loss:.3f}; "
-            f"index {response.index.name} (N={response.index.n_examples:,}); "
-            f"{response.timings.total_ms:.1f} ms (featurize {response.timings.featurize_ms:.1f}, "
-            f"precondition {response.timings.precondition_ms:.1f}, scan {response.timings.scan_ms:.1f})"
+            f"completion tokens {q.completion_tokens}, loss {q.loss:.3f}; index "
+            f"{response.index.name} (N={response.index.n_examples:,}); {t.total_ms:.1f} ms "
+            f"(featurize {t.featurize_ms:.1f}, precondition {t.precondition_ms:.1f}, "
+            f"scan {t.scan_ms:.1f})"
         )
     parts.append(format_table(response.results or [], "proponents"))
     if response.opponents:

@@ -47,7 +47,10 @@ class WorkItem:
             else:
                 self.future.set_result(outcome)
 
-        self.loop.call_soon_threadsafe(settle)
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass  # the requester's event loop is gone: nobody is waiting for this answer
 
 
 Process = Callable[[Sequence[WorkItem]], Sequence[Any]]

@@ -1,0 +1,189 @@
+"""The client SDK against a real uvicorn on a loopback port."""
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from test_server_api import brute_force, index_path, make_app  # noqa: F401
+
+from client import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncClient,
+    AuthenticationError,
+    BadRequestError,
+    Client,
+    RetryPolicy,
+    ServiceUnavailableError,
+)
+from client.cli import main as cli_main
+
+
+class LiveServer:
+    def __init__(self, app):
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def live(index_path):  # noqa: F811
+    app, fake = make_app(index_path)
+    with LiveServer(app) as server:
+        server.fake = fake
+        yield server
+
+
+def test_happy_path_sync_and_async(live, index_path):  # noqa: F811
+    scores, ids = brute_force(index_path, live.fake, [("the", "market rose"), ("", "goal")])
+    with Client(live.url) as client:
+        assert client.health().status == "ready"
+        info = client.index_info()
+        assert info.n_examples == len(ids)
+        one = client.attribute("the", "market rose", top_k=3, opponents=True)
+        assert [r.id for r in one.results] == [ids[i] for i in scores[0].topk(3).indices.tolist()]
+        assert one.opponents and len(one.opponents) == 3
+        batch = client.attribute_batch(
+            [
+                {"prompt": "the", "completion": "market rose", "top_k": 3},
+                {"completion": "goal", "top_k": 2},
+            ]
+        )
+        assert [r.id for r in batch.batch[1].results] == [
+            ids[i] for i in scores[1].topk(2).indices.tolist()
+        ]
+
+    async def run():
+        async with AsyncClient(live.url) as client:
+            return await asyncio.gather(*(client.attribute("", "goal", top_k=2) for _ in range(4)))
+
+    for answer in asyncio.run(run()):
+        assert [r.id for r in answer.results] == [r.id for r in batch.batch[1].results]
+
+
+def test_retries_on_503_honouring_retry_after(live):
+    calls = []
+    real = httpx.Client(base_url=live.url)
+
+    def flaky(request):
+        calls.append(time.perf_counter())
+        if len(calls) <= 2:
+            return httpx.Response(
+                503,
+                headers={"Retry-After": "0.2"},
+                json={"title": "Service Unavailable", "status": 503, "detail": "busy"},
+            )
+        return real.request(
+            request.method,
+            request.url.path,
+            content=request.content,
+            headers={"content-type": "application/json"},
+        )
+
+    with Client(live.url, transport=httpx.MockTransport(flaky)) as client:
+        answer = client.attribute("", "goal", top_k=1)
+    assert len(answer.results) == 1 and len(calls) == 3
+    assert calls[1] - calls[0] >= 0.19 and calls[2] - calls[1] >= 0.19
+    # Out of retries: the typed error carries the problem details.
+    always = httpx.MockTransport(
+        lambda r: httpx.Response(
+            503,
+            headers={"Retry-After": "100"},
+            json={"title": "x", "status": 503, "detail": "busy"},
+        )
+    )
+    began = time.perf_counter()
+    with Client(
+        live.url, transport=always, retry=RetryPolicy(max_retries=2, max_delay=0.05)
+    ) as client:
+        with pytest.raises(ServiceUnavailableError) as caught:
+            client.attribute("", "goal")
+    assert (
+        caught.value.problem.detail == "busy" and time.perf_counter() - began < 2
+    )  # Retry-After capped
+
+
+def test_connection_errors_are_retried_then_typed():
+    attempts = []
+
+    def refuse(request):
+        attempts.append(request)
+        raise httpx.ConnectError("refused", request=request)
+
+    policy = RetryPolicy(max_retries=2, initial_delay=0.01)
+    with Client(
+        "http://127.0.0.1:9", transport=httpx.MockTransport(refuse), retry=policy
+    ) as client:
+        with pytest.raises(APIConnectionError):
+            client.health()
+    assert len(attempts) == 3
+
+
+def test_timeout(index_path):  # noqa: F811
+    app, _ = make_app(index_path, delay=1.0)
+    with (
+        LiveServer(app) as server,
+        Client(server.url, timeout=0.2, retry=RetryPolicy(max_retries=0)) as client,
+    ):
+        with pytest.raises(APITimeoutError):
+            client.attribute("", "slow")
+
+
+def test_auth_and_typed_errors(index_path, monkeypatch):  # noqa: F811
+    app, _ = make_app(index_path, api_keys=["secret"])
+    with LiveServer(app) as server:
+        with Client(server.url) as client, pytest.raises(AuthenticationError) as caught:
+            client.attribute("", "goal")
+        assert caught.value.status == 401
+        with Client(server.url, api_key="secret") as client:
+            assert client.attribute("", "goal", top_k=1).results
+            with pytest.raises(BadRequestError, match="not tracked"):
+                client.attribute("", "goal", layers=["nope"])
+        monkeypatch.setenv("LORIF_API_KEY", "secret")
+        with Client(server.url) as client:
+            assert client.index_info().n_examples > 0
+
+
+def test_cli_prints_a_table(live, capsys):
+    assert (
+        cli_main(
+            [
+                "query",
+                "--url",
+                live.url,
+                "--prompt",
+                "the",
+                "--completion",
+                "market",
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "proponents" in out and out.count("doc") >= 3
+    assert cli_main(["query", "--url", live.url, "--completion", "xy", "--json"]) == 0
+    assert '"results"' in capsys.readouterr().out
+    assert (
+        cli_main(["query", "--url", "http://127.0.0.1:9", "--completion", "x", "--timeout", "0.2"])
+        == 1
+    )

@@ -1,0 +1,156 @@
+"""The HTTP API against brute-force scores computed with the indexer's own math."""
+
+import asyncio
+import re
+
+import httpx
+import pytest
+import torch
+from fakes import FakeFeaturizer
+from fastapi.testclient import TestClient
+from models import loaded, random_texts
+
+from indexer import IndexConfig, IndexReader, build_index
+from indexer.attribution import ScanQuery, precondition, score_block
+from indexer.data import Record, make_examples
+from server.app import create_app
+from server.engine import ScanEngine
+from server.metrics import ServerMetrics
+from server.service import AttributionService
+from server.settings import ServerSettings
+
+N_DOCS = 70
+
+
+@pytest.fixture(scope="module")
+def index_path(tmp_path_factory):
+    model = loaded(dtype=torch.float32)
+    records = [
+        Record(f"doc{i}", "mem", text=t, metadata={"topic": f"t{i % 3}"})
+        for i, t in enumerate(random_texts(N_DOCS, seed=4))
+    ]
+    examples = make_examples(iter(records), model.tokenizer, 10)[0]
+    path = tmp_path_factory.mktemp("api") / "api.h5"
+    config = IndexConfig(projection_factor=2, factor_rank=2, curvature_rank=6, dtype="fp32")
+    build_index(model, examples, path, config, progress=False)
+    return path
+
+
+def make_app(index_path, residency="ram", block_rows=16, delay=0.0, **settings):
+    reader = IndexReader(index_path)
+    fake = FakeFeaturizer(reader.layers, delay)
+    engine = ScanEngine(reader, torch.device("cpu"), residency, block_rows)
+    service = AttributionService(
+        reader, fake, engine, ServerMetrics(), settings.pop("max_query_tokens", 2048)
+    )
+    app = create_app(ServerSettings(index=index_path, **settings), service)
+    return app, fake
+
+
+def brute_force(index_path, fake, queries, layers=None):
+    """Scores of every row, float64, the whole index in one block."""
+    with IndexReader(index_path) as reader:
+        grads = [fake.query_gradients(*fake.encode(p, c)) for p, c in queries]
+        stacked = {s.name: torch.stack([g[s.name] for g in grads]).double() for s in reader.layers}
+        curv = {
+            s.name: reader.curvature(i).to("cpu", torch.float64)
+            for i, s in enumerate(reader.layers)
+        }
+        hq = precondition(reader.layers, curv, stacked)
+        if layers is not None:
+            hq = {k: v for k, v in hq.items() if k in layers}
+        scores = score_block(
+            reader.layout, reader.rows(0, reader.n_examples).double(), ScanQuery(hq)
+        )
+        return scores, reader.example_ids()
+
+
+def check(result, scores, ids, k, opponents=False):
+    top = scores.topk(k).indices.tolist()
+    assert [item["index"] for item in result["results"]] == top
+    assert [item["id"] for item in result["results"]] == [ids[i] for i in top]
+    assert [item["rank"] for item in result["results"]] == list(range(1, k + 1))
+    got = torch.tensor([item["score"] for item in result["results"]], dtype=torch.float64)
+    torch.testing.assert_close(got, scores[top], rtol=1e-4, atol=1e-6 * scores.abs().max().item())
+    if opponents:
+        bottom = scores.topk(k, largest=False).indices.tolist()
+        assert [item["index"] for item in result["opponents"]] == bottom
+
+
+@pytest.mark.parametrize("residency", ["ram", "disk"])
+@pytest.mark.parametrize("block_rows", [16, 25, 10_000])
+def test_topk_equals_brute_force(index_path, residency, block_rows):
+    app, fake = make_app(index_path, residency, block_rows)
+    query = {"prompt": "the market", "completion": "shares rose", "top_k": 7, "opponents": True}
+    with TestClient(app) as client:
+        response = client.post("/v1/attributions", json=query)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    scores, ids = brute_force(index_path, fake, [("the market", "shares rose")])
+    check(body, scores[0], ids, 7, opponents=True)
+    assert body["results"][0]["text"] and body["results"][0]["metadata"]["topic"].startswith("t")
+    assert body["index"]["residency"] == residency
+    assert body["query"] == {"prompt_tokens": 10, "completion_tokens": 11, "loss": 21.0}
+    timings = body["timings"]
+    assert timings["scan_blocks"] == -(-body["index"]["n_examples"] // block_rows)
+    assert timings["total_ms"] >= timings["scan_ms"] > 0
+
+
+def test_batch_equals_singles_and_layer_subsets(index_path):
+    app, fake = make_app(index_path)
+    queries = [("", "vote party"), ("film", "star"), ("a", "court law police")]
+    with IndexReader(index_path) as reader:
+        mlp = [s.name for s in reader.layers if ".mlp." in s.name]
+    with TestClient(app) as client:
+        batch = client.post(
+            "/v1/attributions",
+            json={
+                "queries": [
+                    {"prompt": p, "completion": c, "top_k": 5, "return_text": False}
+                    for p, c in queries
+                ]
+                + [{"prompt": "film", "completion": "star", "top_k": 3, "layers": mlp}]
+            },
+        )
+        assert batch.status_code == 200, batch.text
+        singles = [
+            client.post(
+                "/v1/attributions",
+                json={"prompt": p, "completion": c, "top_k": 5, "return_text": False},
+            ).json()
+            for p, c in queries
+        ]
+    results = batch.json()["batch"]
+    assert batch.json()["timings"]["batch_size"] == 4
+    for got, single in zip(results, singles, strict=False):
+        assert [r["index"] for r in got["results"]] == [r["index"] for r in single["results"]]
+        assert "text" not in got["results"][0]
+    scores, ids = brute_force(index_path, fake, [("film", "star")], layers=set(mlp))
+    check(results[3], scores[0], ids, 3)
+
+
+def test_concurrent_clients_are_batched_and_exact(index_path):
+    app, fake = make_app(index_path, max_wait_ms=50, max_batch=32)
+    queries = [(f"q{i}", f"completion {i}") for i in range(32)]
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post("/v1/attributions", json={"prompt": p, "completion": c, "top_k": 4})
+                    for p, c in queries
+                )
+            )
+            metrics = (await client.get("/metrics")).text
+        return answers, metrics
+
+    with TestClient(app):  # runs the lifespan (loads, starts the batcher)
+        answers, metrics = asyncio.run(run())
+    scores, ids = brute_force(index_path, fake, queries)
+    for row, answer in enumerate(answers):
+        assert answer.status_code == 200
+        check(answer.json(), scores[row], ids, 4)
+    assert max(fake.batch_sizes) > 1
+    count = float(re.search(r"^lorif_batch_size_count (\S+)", metrics, re.M).group(1))
+    assert count < 32  # fewer scans than queries

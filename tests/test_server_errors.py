@@ -1,0 +1,141 @@
+"""Every documented error status, with the problem-details body."""
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+from test_server_api import index_path, make_app  # noqa: F401  (fixture)
+
+QUERY = {"prompt": "p", "completion": "c"}
+
+
+def assert_problem(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert set(body) == {"type", "title", "status", "detail"} and body["status"] == status
+    assert "Traceback" not in response.text
+    return body
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"prompt": "p"}, "either 'completion'"),
+        ({"completion": ""}, "completion"),
+        ({"completion": "c", "top_k": 0}, "top_k"),
+        ({"completion": "c", "top_k": 1001}, "top_k"),
+        ({"completion": "c", "layers": ["nope"]}, "not tracked"),
+        ({"completion": "c", "surprise": 1}, "surprise"),
+        ({"queries": []}, "queries"),
+    ],
+)
+def test_422(index_path, body, fragment):  # noqa: F811
+    app, _ = make_app(index_path)
+    with TestClient(app) as client:
+        assert fragment in assert_problem(client.post("/v1/attributions", json=body), 422)["detail"]
+        bad_json = client.post(
+            "/v1/attributions", content=b"{nope", headers={"content-type": "application/json"}
+        )
+        assert_problem(bad_json, 422)
+
+
+def test_413_tokens_and_body(index_path):  # noqa: F811
+    app, _ = make_app(index_path, max_query_tokens=8, max_body_bytes=4096)
+    with TestClient(app) as client:
+        body = assert_problem(
+            client.post("/v1/attributions", json={"completion": "123456789"}), 413
+        )
+        assert "9 tokens; the limit is 8" in body["detail"]
+        big = {"completion": "x" * 5000}
+        assert_problem(client.post("/v1/attributions", json=big), 413)
+
+
+def test_401_api_keys(index_path):  # noqa: F811
+    app, _ = make_app(index_path, api_keys=["k1", "k2"])
+    with TestClient(app) as client:
+        body = assert_problem(client.post("/v1/attributions", json=QUERY), 401)
+        assert body["detail"] == "missing or invalid API key"
+        wrong = client.post("/v1/attributions", json=QUERY, headers={"Authorization": "Bearer k3"})
+        assert_problem(wrong, 401)
+        assert wrong.headers["www-authenticate"] == "Bearer"
+        assert client.get("/v1/index", headers={"Authorization": "Bearer k2"}).status_code == 200
+        ok = client.post("/v1/attributions", json=QUERY, headers={"Authorization": "Bearer k1"})
+        assert ok.status_code == 200
+        assert client.get("/healthz").status_code == 200  # health stays open
+        assert client.get("/readyz").status_code == 200
+        assert_problem(client.get("/metrics"), 401)
+
+
+def test_503_queue_full_with_retry_after(index_path):  # noqa: F811
+    app, fake = make_app(index_path, max_queue=1, max_batch=1, retry_after_s=3)
+    fake.gate.clear()  # the scan thread blocks inside its first batch
+    with TestClient(app) as client:
+        results = {}
+        first = threading.Thread(
+            target=lambda: results.update(a=client.post("/v1/attributions", json=QUERY))
+        )
+        first.start()
+        while not fake.batch_sizes:
+            pass
+        second = threading.Thread(
+            target=lambda: results.update(b=client.post("/v1/attributions", json=QUERY))
+        )
+        second.start()  # fills the one queue slot
+        while app.state.batcher.depth < 1:
+            pass
+        third = client.post("/v1/attributions", json=QUERY)
+        body = assert_problem(third, 503)
+        assert third.headers["retry-after"] == "3" and "queue full" in body["detail"]
+        fake.gate.set()
+        first.join()
+        second.join()
+        assert results["a"].status_code == 200 and results["b"].status_code == 200
+
+
+def test_503_when_not_ready(index_path):  # noqa: F811
+    app, _ = make_app(index_path)
+    client = TestClient(app)  # not entered: no lifespan, not ready
+    assert_problem(client.get("/readyz"), 503)
+    response = client.post("/v1/attributions", json=QUERY)
+    assert_problem(response, 503)
+    assert response.headers["retry-after"] == "1"
+    assert client.get("/healthz").json() == {"status": "ok", "detail": None}
+
+
+def test_504_timeout(index_path):  # noqa: F811
+    app, _ = make_app(index_path, delay=0.5, request_timeout_s=0.1)
+    with TestClient(app) as client:
+        body = assert_problem(client.post("/v1/attributions", json=QUERY), 504)
+        assert "0.1 s" in body["detail"]
+
+
+def test_500_never_leaks_a_trace(index_path):  # noqa: F811
+    app, fake = make_app(index_path)
+    fake.gradients = lambda encoded: 1 / 0
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = assert_problem(client.post("/v1/attributions", json=QUERY), 500)
+        assert "ZeroDivision" not in body["detail"]
+
+
+def test_openapi_declares_errors_and_info_routes(index_path):  # noqa: F811
+    app, _ = make_app(index_path)
+    with TestClient(app) as client:
+        spec = client.get("/openapi.json").json()
+        responses = spec["paths"]["/v1/attributions"]["post"]["responses"]
+        assert {"200", "401", "413", "422", "500", "503", "504"} <= set(responses)
+        assert client.get("/docs").status_code == 200
+        info = client.get("/v1/index").json()
+        assert info["n_examples"] > 0 and info["residency"] == "ram" and "path" not in info
+        assert "path" not in info["model"] and len(info["layers"]) == 14
+        client.post("/v1/attributions", json=QUERY)
+        metrics = client.get("/metrics").text
+        for name in (
+            "lorif_http_requests_total",
+            "lorif_scan_bytes_total",
+            "lorif_queue_depth",
+            "lorif_batch_size_bucket",
+            'residency="ram"',
+            "lorif_scan_wait_seconds_total",
+        ):
+            assert name in metrics
