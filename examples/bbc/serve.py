@@ -1,0 +1,79 @@
+"""Start the server on the demo index, ask one real query through the client, stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from client import AttributionError, Client
+from client.cli import render
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def demo_query(held_out_file: Path) -> tuple[str, str, str]:
+    """(prompt, completion, topic) from the first held-out article: its headline and opening."""
+    article = json.loads(held_out_file.read_text(encoding="utf-8").splitlines()[0])
+    lines = [line.strip() for line in article["text"].splitlines() if line.strip()]
+    words = " ".join(lines[1:]).split()
+    return lines[0] + "\n\n" + " ".join(words[:12]), " " + " ".join(words[12:40]), article["topic"]
+
+
+def wait_ready(client: Client, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode}")
+        try:
+            client.health()
+            return
+        except AttributionError:
+            time.sleep(0.5)
+    raise RuntimeError("the server did not become ready")
+
+
+def serve_and_query(index: Path, model_dir: Path, held_out_file: Path, device: str) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "--index",
+        str(index),
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--device",
+        device,
+        "--log-level",
+        "warning",
+    ]
+    print(f"\nstarting: {' '.join(command)}")
+    process = subprocess.Popen(command)
+    try:
+        from client import RetryPolicy
+
+        with Client(url, retry=RetryPolicy(max_retries=0)) as client:
+            wait_ready(client, process)
+            prompt, completion, topic = demo_query(held_out_file)
+            print(
+                f"query (held-out {topic} article):\n  prompt: {prompt!r}\n  completion: {completion!r}\n"
+            )
+            response = client.attribute(prompt, completion, top_k=8, opponents=True)
+            print(render(response))
+            topics = [str(item.metadata.get("topic")) for item in response.results or []]
+            print(f"\ntopics of the top {len(topics)}: {', '.join(topics)} (query topic: {topic})")
+    finally:
+        process.send_signal(signal.SIGTERM)  # graceful: drains in-flight requests
+        process.wait(timeout=60)
