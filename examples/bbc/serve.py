@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from client import AttributionError, Client
+from client import AttributionError, Client, RetryPolicy
 from client.cli import render
 
 
@@ -62,14 +62,11 @@ def serve_and_query(index: Path, model_dir: Path, held_out_file: Path, device: s
     print(f"\nstarting: {' '.join(command)}")
     process = subprocess.Popen(command)
     try:
-        from client import RetryPolicy
-
         with Client(url, retry=RetryPolicy(max_retries=0)) as client:
             wait_ready(client, process)
             prompt, completion, topic = demo_query(held_out_file)
-            print(
-                f"query (held-out {topic} article):\n  prompt: {prompt!r}\n  completion: {completion!r}\n"
-            )
+            print(f"query (held-out {topic} article):")
+            print(f"  prompt: {prompt!r}\n  completion: {completion!r}\n")
             response = client.attribute(prompt, completion, top_k=8, opponents=True)
             print(render(response))
             topics = [str(item.metadata.get("topic")) for item in response.results or []]
