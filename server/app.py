@@ -46,7 +46,8 @@ def create_app(
             # Refuse new work, answer what is queued, then stop.
             app.state.ready = False
             metrics.ready.set(0)
-            batcher.stop(timeout=settings.request_timeout_s)
+            # Wait for the scan in flight (bounded, so a wedged device cannot hang shutdown).
+            batcher.stop(timeout=max(30.0, 2 * settings.request_timeout_s))
 
     app = FastAPI(title="LoRIF attribution server", version="1", lifespan=lifespan)
     app.state.settings, app.state.metrics = settings, metrics

@@ -21,7 +21,11 @@ class ServerSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     residency: Literal["auto", "gpu", "ram", "disk"] = "auto"
-    block_rows: int = Field(8192, ge=1, description="Rows per pipelined scan block.")
+    block_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Rows per scan block; default 1,024 on CPU (fits cache), 32,768 on GPU.",
+    )
     gpu_memory_fraction: float = Field(0.8, gt=0, le=1)
     ram_fraction: float = Field(0.5, gt=0, le=1)
     max_batch: int = Field(32, ge=1, description="Queries answered by one scan.")

@@ -1,0 +1,211 @@
+"""Query latency and throughput of the server on CPU.
+
+1. Engine: single-query latency split (featurize / precondition / scan) on the demo index
+   and on a synthetic index of 1 M rows with the same dims, for residency ram and disk,
+   exact and low-rank (energy 0.9) queries; the scan against the time to read the same bytes
+   from the same residency (warm page cache) and against FLOPs / measured GEMM rate.
+2. HTTP: queries/s and latency at 1, 4 and 16 concurrent clients against a real server
+   process on the demo index.
+
+    python -m benchmarks.serving --index .cache/bbc/bbc.h5 --model .cache/bbc/model-300steps \
+        --synthetic .cache/syn-1m.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from client import AsyncClient, Client, RetryPolicy
+from client.models import AttributionQuery
+from examples.bbc.serve import demo_query, free_port, wait_ready
+from indexer.models import load_model
+from indexer.reader import IndexReader
+from server.batcher import WorkItem
+from server.engine import ScanEngine
+from server.featurizer import ModelFeaturizer
+from server.metrics import ServerMetrics
+from server.service import AttributionService, QueryOptions
+
+from .common import median_seconds, write_result
+
+REPEATS = 5
+
+
+def gemm_rate() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048**3 / median_seconds(lambda: a @ b, repeats=5)
+
+
+def read_floor(engine: ScanEngine) -> float:
+    """Seconds to bring the same bytes, in the same blocks, into the same host buffer."""
+    buffer = torch.empty((engine.block_rows, engine.layout.width), dtype=torch.bfloat16)
+    source = engine._resident  # ram residency: memory → buffer; disk: memory map → buffer
+
+    def read() -> None:
+        for start in range(0, engine.n, engine.block_rows):
+            stop = min(start + engine.block_rows, engine.n)
+            rows = source[start:stop] if source is not None else engine.reader.rows(start, stop)
+            buffer[: stop - start].copy_(rows)
+
+    return median_seconds(read, REPEATS)
+
+
+def single_query(service: AttributionService, prompt: str, completion: str) -> dict[str, float]:
+    loop = asyncio.new_event_loop()
+    query = AttributionQuery(prompt=prompt, completion=completion, top_k=10)
+    runs = []
+    for _ in range(REPEATS + 1):
+        item = WorkItem(
+            query, service.encode(query), loop.create_future(), loop, time.perf_counter() + 60
+        )
+        runs.append(service.process([item])[0].timings)
+    loop.close()
+    runs = runs[1:]  # first run warms up
+    return {
+        key: statistics.median(getattr(t, key) for t in runs)
+        for key in ("featurize_ms", "precondition_ms", "scan_ms", "scan_wait_ms")
+    }
+
+
+def engine_section(
+    index: Path, model_dir: Path, query: tuple[str, str], rate: float
+) -> list[dict[str, Any]]:
+    rows = []
+    loaded = load_model(model_dir, "cpu")
+    with IndexReader(index) as reader:
+        projections = {
+            reader.projection(i).name: reader.projection(i) for i in range(len(reader.layers))
+        }
+        featurizer = ModelFeaturizer(
+            loaded.model, loaded.tokenizer, projections, torch.device("cpu")
+        )
+        flops = 2 * reader.n_examples * sum(s.rank * s.dim for s in reader.layers)
+        for residency in ("ram", "disk"):
+            engine = ScanEngine(reader, torch.device("cpu"), residency)
+            floor = read_floor(engine)
+            for mode, options in (
+                ("exact", QueryOptions()),
+                ("energy 0.9", QueryOptions("energy", 0.9)),
+            ):
+                service = AttributionService(
+                    reader, featurizer, engine, ServerMetrics(), options=options
+                )
+                split = single_query(service, *query)
+                rows.append(
+                    {
+                        "index": index.name,
+                        "n": reader.n_examples,
+                        "residency": residency,
+                        "query": mode,
+                        "bytes": engine.total_bytes,
+                        **split,
+                        "read_floor_ms": 1000 * floor,
+                        "compute_floor_ms": 1000 * flops / rate,
+                        "scan_over_read": split["scan_ms"] / (1000 * floor),
+                    }
+                )
+            del engine
+    return rows
+
+
+async def http_load(
+    url: str, clients: int, seconds: float, query: tuple[str, str]
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(client: AsyncClient) -> None:
+        while time.perf_counter() < stop_at:
+            began = time.perf_counter()
+            await client.attribute(*query, top_k=10, return_text=False)
+            latencies.append(time.perf_counter() - began)
+
+    async with AsyncClient(url, timeout=120) as client:
+        await client.attribute(*query)  # warm-up
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "clients": clients,
+        "queries": len(latencies),
+        "qps": len(latencies) / elapsed,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+def http_section(index: Path, model_dir: Path, query: tuple[str, str]) -> list[dict[str, Any]]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "--index",
+        str(index),
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--residency",
+        "ram",
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with Client(url, retry=RetryPolicy(max_retries=0)) as client:
+            wait_ready(client, process)
+        return [asyncio.run(http_load(url, clients, 8.0, query)) for clients in (1, 4, 16)]
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--synthetic", type=Path, help="a large synthetic index with the same dims")
+    parser.add_argument("--held-out", type=Path, default=Path(".cache/bbc/held_out.jsonl"))
+    args = parser.parse_args()
+    prompt, completion, _ = demo_query(args.held_out)
+    rate = gemm_rate()
+    engine_rows = engine_section(args.index, args.model, (prompt, completion), rate)
+    if args.synthetic:
+        engine_rows += engine_section(args.synthetic, args.model, (prompt, completion), rate)
+    http_rows = http_section(args.index, args.model, (prompt, completion))
+    table = f"Measured GEMM rate (fp32, 2048³): {rate / 1e9:.0f} GFLOP/s.\n\n"
+    table += (
+        "| index | N | residency | query | featurize ms | precondition ms | scan ms | "
+        "read floor ms | compute floor ms | scan / read |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    for r in engine_rows:
+        table += (
+            f"| {r['index']} | {r['n']:,} | {r['residency']} | {r['query']} | "
+            f"{r['featurize_ms']:.1f} | {r['precondition_ms']:.1f} | {r['scan_ms']:.1f} | "
+            f"{r['read_floor_ms']:.1f} | {r['compute_floor_ms']:.1f} | {r['scan_over_read']:.2f} |\n"
+        )
+    table += "\nHTTP, demo index, residency ram, exact queries, 8 s per level:\n\n"
+    table += (
+        "| concurrent clients | queries | queries/s | p50 ms | p99 ms |\n|---|---|---|---|---|\n"
+    )
+    for r in http_rows:
+        table += f"| {r['clients']} | {r['queries']} | {r['qps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |\n"
+    write_result("serving", {"gemm_flops": rate, "engine": engine_rows, "http": http_rows}, table)
+
+
+if __name__ == "__main__":
+    main()
