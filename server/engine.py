@@ -25,7 +25,18 @@ RESIDENCIES = ("auto", "gpu", "ram", "disk")
 # (host rows, start, stop, seconds the compute stage waited, release the host buffer or None)
 _HostBlock = tuple[torch.Tensor, int, int, float, "Callable[[], None] | None"]
 _BUFFERS = 3
-DEFAULT_BLOCK_ROWS = {False: 1024, True: 32768}
+
+
+def default_block_rows(device: torch.device, residency: str) -> int:
+    """Block sizes measured on the 1 M-row synthetic index (benchmarks/results/serving.md).
+
+    CPU + ram: 1,024 rows keep the fp32 work buffer in cache (0.99 s vs 1.20 s at 8,192).
+    CPU + disk: the reader thread competes for the cores; fewer, longer blocks cost less
+    (1.5 s at 16,384 vs 2.6 s at 8,192 and 3.6 s at 1,024). GPU: long blocks amortize launches.
+    """
+    if device.type == "cuda":
+        return 32768
+    return 16384 if residency == "disk" else 1024
 
 
 @dataclass
@@ -112,15 +123,13 @@ class ScanEngine:
         self.reader, self.device = reader, device
         self.layout = reader.layout
         self.n = reader.n_examples
-        if block_rows is None:
-            # Measured on CPU: 1,024-row blocks keep the fp32 work buffer in cache (0.99 s per
-            # 1 M demo rows vs 1.20 s at 8,192); a GPU wants long blocks to amortize launches.
-            block_rows = DEFAULT_BLOCK_ROWS[device.type == "cuda"]
-        self.block_rows = max(1, min(block_rows, max(self.n, 1)))
         self.row_bytes = reader.layout.width * reader.factor_dataset.itemsize
         self.residency = choose_residency(
             residency, self.n * self.row_bytes, device, gpu_fraction, ram_fraction
         )
+        if block_rows is None:
+            block_rows = default_block_rows(device, self.residency)
+        self.block_rows = max(1, min(block_rows, max(self.n, 1)))
         self.compute_dtype = torch.float32
         self._lock = threading.Lock()  # one scan at a time owns the buffers
         self._resident: torch.Tensor | None = None

@@ -24,7 +24,7 @@ class ServerSettings(BaseSettings):
     block_rows: int | None = Field(
         None,
         ge=1,
-        description="Rows per scan block; default 1,024 on CPU (fits cache), 32,768 on GPU.",
+        description="Rows per scan block; default by device and residency (see engine).",
     )
     gpu_memory_fraction: float = Field(0.8, gt=0, le=1)
     ram_fraction: float = Field(0.5, gt=0, le=1)
