@@ -9,6 +9,7 @@ import sys
 import uvicorn
 
 from .app import create_app
+from .device import DeviceThread
 from .loading import StartupError
 from .settings import ServerSettings
 
@@ -66,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         from .metrics import ServerMetrics
 
         metrics = ServerMetrics()
-        service = load_service(settings, metrics)  # fail fast, before binding the port
+        device = DeviceThread()
+        service = device.call(load_service, settings, metrics)  # fail fast, before binding
     except (StartupError, ValueError, OSError) as exc:
         print(f"error: cannot serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, service, metrics)
+    app = create_app(settings, service, metrics, device)
     uvicorn.run(
         app,
         host=settings.host,

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from .batcher import DynamicBatcher
+from .device import DeviceThread
 from .errors import install_error_handlers, problem_response
 from .metrics import ServerMetrics
 from .routes import router
@@ -23,21 +24,26 @@ def create_app(
     settings: ServerSettings,
     service: AttributionService | None = None,
     metrics: ServerMetrics | None = None,
+    device: DeviceThread | None = None,
 ) -> FastAPI:
-    """Build the app. Tests pass a ready ``service`` (e.g. with a fake featurizer)."""
+    """Build the app. Tests pass a ready ``service`` (e.g. with a fake featurizer).
+
+    ``device`` is the thread that loaded ``service``; scans run on it too (see device.py).
+    """
     metrics = metrics or (service.metrics if service is not None else ServerMetrics())
+    device = device or DeviceThread()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.service is None:
             from .loading import load_service
 
-            app.state.service = load_service(settings, metrics)
+            app.state.service = device.call(load_service, settings, metrics)
         svc: AttributionService = app.state.service
         batcher = DynamicBatcher(
             svc.process, settings.max_batch, settings.max_wait_ms, settings.max_queue, metrics
         )
-        batcher.start()
+        batcher.start(device)
         app.state.batcher, app.state.ready = batcher, True
         metrics.ready.set(1)
         try:

@@ -12,11 +12,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 from client.models import AttributionQuery
 
+from .device import DeviceThread
 from .featurizer import Encoded
 from .metrics import ServerMetrics
 
@@ -71,15 +74,20 @@ class DynamicBatcher:
         self._slots = threading.Semaphore(max_queue)  # reserve room for a whole batch request
         self._stop = threading.Event()
         self._metrics = metrics
-        self._thread = threading.Thread(target=self._run, name="scan", daemon=True)
+        self._done: Future[None] | None = None
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, device: DeviceThread) -> None:
+        """Run the scan loop on the thread that owns the device."""
+        self._done = device.start(self._run)
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Finish everything already queued, then stop the scan thread."""
+        """Finish everything already queued, then stop the scan loop."""
         self._stop.set()
-        self._thread.join(timeout)
+        if self._done is not None:
+            try:
+                self._done.result(timeout)
+            except FutureTimeout:
+                pass  # bounded: a wedged device must not hang shutdown
 
     @property
     def depth(self) -> int:
