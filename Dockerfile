@@ -16,6 +16,7 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 FROM ${CPU_BASE} AS base-cpu
 ARG TORCH_VERSION=2.5.1
 ARG TORCH_INDEX_URL=""
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
 
 # hadolint ignore=DL3006
@@ -29,7 +30,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependency layer: only pyproject.toml, so code changes do not reinstall dependencies.
+# (DL3013: this installs the project's own pinned dependency set, not a loose package.)
 COPY pyproject.toml README.md ./
+# hadolint ignore=DL3013
 RUN mkdir -p indexer server client examples/bbc \
     && touch indexer/__init__.py server/__init__.py client/__init__.py \
        examples/__init__.py examples/bbc/__init__.py \
@@ -41,6 +44,7 @@ COPY indexer ./indexer
 COPY server ./server
 COPY client ./client
 COPY examples ./examples
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir --no-deps . \
     && useradd --create-home --uid 10001 app
 
