@@ -4,7 +4,7 @@
    and on a synthetic index of 1 M rows with the same dims, for residency ram and disk,
    exact and low-rank (energy 0.9) queries; the scan against the time to read the same bytes
    from the same residency (warm page cache) and against FLOPs / measured GEMM rate.
-2. HTTP: queries/s and latency at 1, 4 and 16 concurrent clients against a real server
+2. HTTP: queries/s and latency at 1, 4, 16 and 64 concurrent clients against a real server
    process on the demo index.
 
     python -m benchmarks.serving --index .cache/bbc/bbc.h5 --model .cache/bbc/model-300steps \
@@ -77,21 +77,23 @@ def single_query(service: AttributionService, prompt: str, completion: str) -> d
 
 
 def engine_section(
-    index: Path, model_dir: Path, query: tuple[str, str], rate: float
+    index: Path, model_dir: Path, query: tuple[str, str], rate: float, device: torch.device
 ) -> list[dict[str, Any]]:
+    """Single-query split per residency and query mode on one device."""
     rows = []
-    loaded = load_model(model_dir, "cpu")
+    loaded = load_model(model_dir, str(device))
+    residencies = ("gpu", "ram", "disk") if device.type == "cuda" else ("ram", "disk")
     with IndexReader(index) as reader:
         projections = {
             reader.projection(i).name: reader.projection(i) for i in range(len(reader.layers))
         }
-        featurizer = ModelFeaturizer(
-            loaded.model, loaded.tokenizer, projections, torch.device("cpu")
-        )
+        featurizer = ModelFeaturizer(loaded.model, loaded.tokenizer, projections, device)
         flops = 2 * reader.n_examples * sum(s.rank * s.dim for s in reader.layers)
-        for residency in ("ram", "disk"):
-            engine = ScanEngine(reader, torch.device("cpu"), residency)
-            floor = read_floor(engine)
+        for residency in residencies:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            engine = ScanEngine(reader, device, residency)
+            floor = read_floor(engine) if device.type == "cpu" else float("nan")
             for mode, options in (
                 ("exact", QueryOptions()),
                 ("energy 0.9", QueryOptions("energy", 0.9)),
@@ -104,6 +106,7 @@ def engine_section(
                     {
                         "index": index.name,
                         "n": reader.n_examples,
+                        "device": device.type,
                         "residency": residency,
                         "query": mode,
                         "bytes": engine.total_bytes,
@@ -111,6 +114,9 @@ def engine_section(
                         "read_floor_ms": 1000 * floor,
                         "compute_floor_ms": 1000 * flops / rate,
                         "scan_over_read": split["scan_ms"] / (1000 * floor),
+                        "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30
+                        if device.type == "cuda"
+                        else None,
                     }
                 )
             del engine
@@ -121,13 +127,18 @@ async def http_load(
     url: str, clients: int, seconds: float, query: tuple[str, str]
 ) -> dict[str, Any]:
     latencies: list[float] = []
+    server_ms: list[float] = []  # the server's own total (request in → response model out)
+    engine_ms: list[float] = []  # featurize + precondition + scan
     stop_at = time.perf_counter() + seconds
 
     async def worker(client: AsyncClient) -> None:
         while time.perf_counter() < stop_at:
             began = time.perf_counter()
-            await client.attribute(*query, top_k=10, return_text=False)
+            answer = await client.attribute(*query, top_k=10, return_text=False)
             latencies.append(time.perf_counter() - began)
+            t = answer.timings
+            server_ms.append(t.total_ms)
+            engine_ms.append(t.featurize_ms + t.precondition_ms + t.scan_ms)
 
     async with AsyncClient(url, timeout=120) as client:
         await client.attribute(*query)  # warm-up
@@ -139,6 +150,9 @@ async def http_load(
         "clients": clients,
         "queries": len(latencies),
         "qps": len(latencies) / elapsed,
+        "client_p50_ms": 1000 * statistics.median(latencies),
+        "server_total_p50_ms": statistics.median(server_ms),
+        "engine_p50_ms": statistics.median(engine_ms),
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
     }
@@ -168,7 +182,7 @@ def http_section(index: Path, model_dir: Path, query: tuple[str, str]) -> list[d
         url = f"http://127.0.0.1:{port}"
         with Client(url, retry=RetryPolicy(max_retries=0)) as client:
             wait_ready(client, process)
-        return [asyncio.run(http_load(url, clients, 8.0, query)) for clients in (1, 4, 16)]
+        return [asyncio.run(http_load(url, clients, 8.0, query)) for clients in (1, 4, 16, 64)]
     finally:
         process.terminate()
         process.wait(60)
@@ -183,18 +197,21 @@ def main() -> None:
     args = parser.parse_args()
     prompt, completion, _ = demo_query(args.held_out)
     rate = gemm_rate()
-    engine_rows = engine_section(args.index, args.model, (prompt, completion), rate)
-    if args.synthetic:
-        engine_rows += engine_section(args.synthetic, args.model, (prompt, completion), rate)
+    # The GPU rows appear only where CUDA is available; on CPU machines the section is skipped.
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    engine_rows = []
+    for device in devices:
+        for index in [args.index] + ([args.synthetic] if args.synthetic else []):
+            engine_rows += engine_section(index, args.model, (prompt, completion), rate, device)
     http_rows = http_section(args.index, args.model, (prompt, completion))
     table = f"Measured GEMM rate (fp32, 2048³): {rate / 1e9:.0f} GFLOP/s.\n\n"
     table += (
-        "| index | N | residency | query | featurize ms | precondition ms | scan ms | "
-        "read floor ms | compute floor ms | scan / read |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| index | N | device | residency | query | featurize ms | precondition ms | scan ms | "
+        "read floor ms | compute floor ms | scan / read |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     for r in engine_rows:
         table += (
-            f"| {r['index']} | {r['n']:,} | {r['residency']} | {r['query']} | "
+            f"| {r['index']} | {r['n']:,} | {r['device']} | {r['residency']} | {r['query']} | "
             f"{r['featurize_ms']:.1f} | {r['precondition_ms']:.1f} | {r['scan_ms']:.1f} | "
             f"{r['read_floor_ms']:.1f} | {r['compute_floor_ms']:.1f} | {r['scan_over_read']:.2f} |\n"
         )
@@ -204,6 +221,14 @@ def main() -> None:
     )
     for r in http_rows:
         table += f"| {r['clients']} | {r['queries']} | {r['qps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |\n"
+    one = http_rows[0]
+    table += (
+        f"\nHTTP/JSON overhead at 1 client (medians): client-observed {one['client_p50_ms']:.1f} ms, "
+        f"server total {one['server_total_p50_ms']:.1f} ms, engine (featurize + precondition + scan) "
+        f"{one['engine_p50_ms']:.1f} ms: {one['client_p50_ms'] - one['engine_p50_ms']:.1f} ms outside "
+        f"the engine, of which {one['server_total_p50_ms'] - one['engine_p50_ms']:.1f} ms inside the "
+        "server (validation, tokenization, the batching window, response models).\n"
+    )
     write_result("serving", {"gemm_flops": rate, "engine": engine_rows, "http": http_rows}, table)
 
 

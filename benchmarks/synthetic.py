@@ -61,3 +61,56 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def random_index(path: Path, specs: list, n: int, seed: int = 0, rank: int = 8) -> Path:  # type: ignore[type-arg]
+    """An index of N random rows for the given layer specs (engine timings only: the
+    curvature is a random orthonormal basis, the model identity a placeholder)."""
+    from indexer.curvature import Curvature
+    from indexer.factors import RowLayout
+    from indexer.projection import make_projection
+
+    if path.exists():
+        return path
+    partial = path.with_name(path.name + ".partial")
+    projections = [
+        make_projection(s.name, s.in_features, s.out_features, s.d1, s.d2, 0) for s in specs
+    ]
+    ranks = [min(rank, s.dim) for s in specs]
+    metadata = {
+        "created_at": "synthetic",
+        "config": {
+            "seed": 0,
+            "dense": specs[0].dense,
+            "factor_rank": specs[0].rank,
+            "precision": "float32",
+        },
+        "model": {
+            "path": "none",
+            "name": "synthetic",
+            "architecture": "none",
+            "config_hash": "",
+            "weights_hash": "",
+            "tokenizer_hash": "",
+        },
+        "dataset": {"path": "synthetic", "n": n},
+        "layers": [s.to_dict() for s in specs],
+    }
+    columns = {
+        "id": [f"r{i}" for i in range(n)],
+        "text": [""] * n,
+        "tokens": [0] * n,
+        "metadata": [{}] * n,
+    }
+    create_index_file(partial, metadata, specs, projections, ranks, columns, "bfloat16")
+    writer = RawWriter(partial)
+    generator = torch.Generator().manual_seed(seed)
+    width = RowLayout(specs).width
+    for start in range(0, n, 65536):
+        stop = min(start + 65536, n)
+        writer.write_rows(start, torch.randn(stop - start, width, generator=generator))
+    for i, (spec, r) in enumerate(zip(specs, ranks, strict=True)):
+        basis = torch.linalg.qr(torch.randn(spec.dim, r, generator=generator))[0]
+        writer.write_curvature(i, Curvature(basis, torch.ones(r), 1.0, float(spec.dim)))
+    writer.finalize(path)
+    return path
