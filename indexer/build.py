@@ -15,13 +15,15 @@ from tqdm import tqdm
 
 from . import __version__, schema
 from .config import IndexConfig, differing_fields
-from .curvature import RandomizedEigenSolver
+from .curvature_phase import run_curvature
 from .data import BadRecord, Example, examples_digest, make_examples, read_records
+from .distributed import Dist, shard_path, shard_rows
 from .factors import LayerSpec, RowLayout
 from .faults import crash_point
 from .hooks import ProjectedGradients, collate
-from .journal import Journal, atomic_write_arrays, read_arrays
+from .journal import Journal
 from .layers import find_layers
+from .manifest import write_manifest
 from .models import LoadedModel, load_model
 from .projection import make_projection, projected_dims
 from .reader import IndexReader
@@ -31,7 +33,6 @@ LOSS_DEFINITION = (
     "token-summed causal cross-entropy; text examples: every token after the first; "
     "prompt/completion examples: completion tokens only"
 )
-_CURVATURE_BLOCK_ROWS = 2048
 
 
 class BuildError(RuntimeError):
@@ -87,9 +88,13 @@ class _Build:
         out: Path,
         config: IndexConfig,
         progress: bool,
+        dist: Dist | None = None,
+        rows: tuple[int, int] | None = None,
     ) -> None:
-        self.model, self.config, self.examples, self.out = loaded.model, config, examples, out
-        self.progress = progress
+        start, stop = rows if rows is not None else (0, len(examples))
+        self.model, self.config, self.out = loaded.model, config, out
+        self.examples = examples[start:stop]  # this process's rows
+        self.progress, self.dist = progress, dist
         self.device = next(self.model.parameters()).device
         self.specs = layer_specs(self.model, config)
         self.layout = RowLayout(self.specs)
@@ -101,7 +106,7 @@ class _Build:
         self.partial = out.with_name(out.name + ".partial")
         self.journal_path = out.with_name(out.name + ".partial.journal")
         self.state_dir = out.with_name(out.name + ".partial.state")
-        self.metadata = {
+        self.metadata: dict[str, Any] = {
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "software": {"name": "lorif-serve", "version": __version__, "torch": torch.__version__},
             "config": config.to_dict(),
@@ -120,6 +125,14 @@ class _Build:
             "layout": "one packed (N, F) row-major dataset; "
             "per layer [L (c,d1) | R (c,d2)] or [G (d1,d2)]",
         }
+        if dist is not None:
+            self.metadata["shard"] = {
+                "rank": dist.rank,
+                "world": dist.world,
+                "row_start": start,
+                "row_stop": stop,
+                "n_total": len(examples),
+            }
 
     # ---- start or resume -----------------------------------------------------------------
     def open(self) -> tuple[RawWriter, Journal]:
@@ -194,69 +207,7 @@ class _Build:
 
     # ---- phase 2: curvature --------------------------------------------------------------
     def curvature(self, writer: RawWriter, journal: Journal) -> None:
-        if journal.last("curvature_written"):
-            return
-        dtype = torch.float64 if self.config.precision == "float64" else torch.float32
-        solvers = [
-            RandomizedEigenSolver(
-                s.dim,
-                rank,
-                self.config.oversample,
-                self.config.power_iters,
-                seed=self.config.seed + i,
-            )
-            for i, (s, rank) in enumerate(zip(self.specs, self.curvature_ranks, strict=True))
-        ]
-        done = journal.curvature_passes_done
-        if done:
-            state = read_arrays(self.state_dir / f"pass-{done}.npz")
-            for i, solver in enumerate(solvers):
-                solver.load_state(
-                    {
-                        k.split("/", 1)[1]: torch.from_numpy(v)
-                        for k, v in state.items()
-                        if k.startswith(f"{i}/")
-                    }
-                )
-        reader = IndexReader(self.partial)
-        total = solvers[0].passes_total
-        n = len(self.examples)
-        try:
-            for pass_index in range(done, total):
-                desc = f"curvature pass {pass_index + 1}/{total}"
-                for first in tqdm(
-                    range(0, n, _CURVATURE_BLOCK_ROWS),
-                    desc=desc,
-                    unit="block",
-                    disable=not self.progress,
-                    mininterval=1.0,
-                ):
-                    block = reader.rows(first, min(first + _CURVATURE_BLOCK_ROWS, n))
-                    block = block.to(self.device, dtype)
-                    for spec, solver in zip(self.specs, solvers, strict=True):
-                        solver.accumulate(self.layout.gradients(spec, block))
-                for solver in solvers:
-                    solver.finish_pass()
-                if pass_index + 1 < total:  # the last pass's result is the curvature itself
-                    self._save_state(solvers, pass_index + 1)
-                    journal.append(event="curvature_pass", done=pass_index + 1)
-                    crash_point(f"curvature-pass:{pass_index + 1}")
-        finally:
-            reader.close()
-        for i, solver in enumerate(solvers):
-            writer.write_curvature(i, solver.result(self.config.damping)[0])
-        writer.flush()
-        journal.append(event="curvature_written")
-        crash_point("curvature-written")
-
-    def _save_state(self, solvers: Sequence[RandomizedEigenSolver], passes: int) -> None:
-        self.state_dir.mkdir(exist_ok=True)
-        arrays = {
-            f"{i}/{k}": v.numpy() for i, s in enumerate(solvers) for k, v in s.state().items()
-        }
-        atomic_write_arrays(self.state_dir / f"pass-{passes}.npz", arrays)
-        previous = self.state_dir / f"pass-{passes - 1}.npz"
-        previous.unlink(missing_ok=True)
+        run_curvature(self, writer, journal)
 
     def finalize(self, writer: RawWriter) -> None:
         crash_point("before-rename")
@@ -272,6 +223,7 @@ def build_index(
     out: str | Path,
     config: IndexConfig | None = None,
     progress: bool = True,
+    dist: Dist | None = None,
 ) -> BuildSummary:
     """Build (or resume building) an index at ``out``.
 
@@ -281,6 +233,8 @@ def build_index(
         out: the final ``.h5`` path; work happens in ``out.partial`` until it is complete.
         config: build settings (defaults if omitted).
         progress: show progress bars on stderr.
+        dist: this process's rank in a distributed build (``indexer.distributed``): it
+            writes its slice to a shard file and rank 0 writes ``out`` as a manifest.
 
     Raises:
         BuildError: resume with different settings, or ``out`` exists from another build.
@@ -292,7 +246,7 @@ def build_index(
     loaded = (
         model
         if isinstance(model, LoadedModel)
-        else load_model(model, config.device, config.precision)
+        else load_model(model, _device(config, dist), config.precision)
     )
     times["load"] = time.perf_counter() - began
     began = time.perf_counter()
@@ -305,10 +259,30 @@ def build_index(
             read_records(data), tokenizer, config.max_tokens, config.on_bad_record
         )
         source = str(Path(data).resolve())
-    build = _Build(loaded, examples, bad, source, out, config, progress)
+    rows = (0, len(examples))
+    if dist is not None:
+        rows = shard_rows(len(examples), config.batch_size, dist.rank, dist.world)
+    target = out if dist is None else shard_path(out, dist.rank, dist.world)
+    build = _Build(loaded, examples, bad, source, target, config, progress, dist, rows)
     times["prepare"] = time.perf_counter() - began
     if out.exists():
         return _existing(out, build, times)
+    resumed_from = 0
+    if not target.exists():  # a rank of a distributed rerun may have finished its shard
+        resumed_from = _run_phases(build, times)
+    if dist is not None:
+        dist.barrier()  # every shard is complete
+        if dist.rank == 0:
+            write_manifest(out, [shard_path(out, r, dist.world) for r in range(dist.world)])
+        dist.barrier()
+    summary = _summary(out, build, times)
+    summary.bad_records = [str(b) for b in bad]
+    summary.resumed_from_row = resumed_from
+    return summary
+
+
+def _run_phases(build: _Build, times: dict[str, float]) -> int:
+    """Factors, curvature, finalize; returns the row the factor phase resumed from."""
     began = time.perf_counter()
     writer, journal = build.open()
     resumed_from = journal.rows_done
@@ -323,10 +297,16 @@ def build_index(
         times["finalize"] = time.perf_counter() - began
     finally:
         writer.close()
-    summary = _summary(out, build, times)
-    summary.bad_records = [str(b) for b in bad]
-    summary.resumed_from_row = resumed_from
-    return summary
+    return resumed_from
+
+
+def _file_bytes(out: Path) -> int:
+    with IndexReader(out) as reader:
+        return out.stat().st_size + sum(shard.stat().st_size for shard in reader.shard_paths)
+
+
+def _device(config: IndexConfig, dist: Dist | None) -> str:
+    return str(dist.device) if dist is not None and dist.device.type == "cuda" else config.device
 
 
 def _existing(out: Path, build: _Build, times: dict[str, float]) -> BuildSummary:
@@ -346,11 +326,11 @@ def _summary(out: Path, build: _Build, times: dict[str, float]) -> BuildSummary:
     itemsize = schema.STORAGE_DTYPES[build.config.dtype][0].itemsize
     return BuildSummary(
         path=out,
-        n_examples=len(build.examples),
+        n_examples=build.metadata["dataset"]["n"],
         n_layers=len(build.specs),
-        n_tokens=sum(len(e.tokens) for e in build.examples),
+        n_tokens=build.metadata["dataset"]["tokens"],
         bytes_per_example=build.layout.width * itemsize,
         dense_bytes_per_example=sum(s.dim for s in build.specs) * itemsize,
-        file_bytes=out.stat().st_size,
+        file_bytes=_file_bytes(out),
         phase_seconds=times,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from .build import BuildError, BuildSummary, build_index
 from .config import IndexConfig
 from .data import DataError
+from .distributed import from_environment
 from .models import ModelError
 from .reader import IndexFileError, IndexReader
 
@@ -133,10 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "build":
-            summary = build_index(
-                args.model, args.data, args.out, _config(args), progress=not args.quiet
-            )
-            print_summary(summary)
+            dist = from_environment(args.device)
+            quiet = args.quiet or (dist is not None and dist.rank != 0)
+            summary = build_index(args.model, args.data, args.out, _config(args), not quiet, dist)
+            if dist is None or dist.rank == 0:
+                print_summary(summary)
         elif args.command == "info":
             with IndexReader(args.index) as reader:
                 if args.json:

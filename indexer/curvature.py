@@ -8,6 +8,7 @@ a distributed build can all-reduce it between ``accumulate`` and ``finish_pass``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +101,14 @@ class RandomizedEigenSolver:
         self.accumulator += product.to("cpu", self.dtype)
         if self.passes_done == 0:
             self.trace += float((rows.to(self.dtype) ** 2).sum())
+
+    def reduce(self, all_reduce: Callable[[torch.Tensor], None]) -> None:
+        """Sum this pass's accumulator (and, on the first pass, the trace) across ranks."""
+        all_reduce(self.accumulator)
+        if self.passes_done == 0:
+            trace = torch.tensor([self.trace], dtype=torch.float64)
+            all_reduce(trace)
+            self.trace = float(trace.item())
 
     def finish_pass(self) -> None:
         if self.passes_done + 1 < self.passes_total:

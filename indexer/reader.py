@@ -59,9 +59,10 @@ class IndexReader:
             self.layout = RowLayout(self.layers)
             self._raw = raw_datasets(self.path)
             self._check_sizes()
-            factors = self._raw[schema.FACTORS]
             self.storage_dtype = str(self._file[schema.FACTORS].attrs[schema.ATTR_STORAGE_DTYPE])
-            self._factors = factors.memmap(self.path)
+            self._segments = self._factor_segments()
+            # A shard of a distributed build knows where its rows sit in the whole index.
+            self.row_offset = int(self.metadata.get("shard", {}).get("row_start", 0))
         except IndexFileError:
             self._file.close()
             raise
@@ -86,6 +87,8 @@ class IndexReader:
         if missing:
             raise IndexFileError(f"{self.path}: missing dataset(s) {missing}")
         factors = self._file[schema.FACTORS]
+        if not factors.is_virtual and schema.FACTORS not in self._raw:
+            raise IndexFileError(f"{self.path}: the factor dataset is not contiguous")
         if factors.shape[1] != self.layout.width:
             raise IndexFileError(
                 f"{self.path}: factor rows have {factors.shape[1]} values, the layers need "
@@ -103,23 +106,66 @@ class IndexReader:
     def format_version(self) -> int:
         return int(self._file.attrs[schema.ATTR_VERSION])
 
+    def _factor_segments(self) -> list[tuple[int, int, np.ndarray]]:
+        """(first row, end row, memory map) per file holding factor rows.
+
+        A manifest's factor dataset is virtual: its rows live in shard files, mapped here
+        directly (HDF5 would silently read a missing shard as zeros, so each is checked).
+        """
+        factors = self._file[schema.FACTORS]
+        if not factors.is_virtual:
+            return [(0, factors.shape[0], self._raw[schema.FACTORS].memmap(self.path))]
+        segments = []
+        for source in factors.virtual_sources():
+            (first, _), (last, _) = source.vspace.get_select_bounds()
+            shard = self.path.parent / source.file_name
+            if not shard.is_file():
+                raise IndexFileError(f"{self.path}: shard {shard.name} is missing")
+            raw = raw_datasets(shard).get(source.dset_name)
+            if raw is None or raw.shape[0] != last - first + 1:
+                raise IndexFileError(f"{self.path}: shard {shard.name} does not hold its rows")
+            if raw.offset + raw.nbytes > os.path.getsize(shard):
+                raise IndexFileError(f"{self.path}: shard {shard.name} is truncated")
+            segments.append((int(first), int(last) + 1, raw.memmap(shard)))
+        segments.sort(key=lambda segment: segment[0])
+        ends = [0] + [end for _, end, _ in segments]
+        if [first for first, _, _ in segments] != ends[:-1] or ends[-1] != factors.shape[0]:
+            raise IndexFileError(f"{self.path}: shards do not cover rows 0..{factors.shape[0]}")
+        return segments
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        factors = self._file[schema.FACTORS]
+        if not factors.is_virtual:
+            return []
+        return [self.path.parent / source.file_name for source in factors.virtual_sources()]
+
     # ---- shape -------------------------------------------------------------------------
     @property
     def n_examples(self) -> int:
-        return int(self._factors.shape[0])
+        return self._segments[-1][1]
 
     @property
     def factor_dataset(self) -> RawDataset:
+        """The contiguous factor dataset of a single-file index (not of a manifest)."""
         return self._raw[schema.FACTORS]
 
     @property
     def bytes_per_example(self) -> int:
-        return self.factor_dataset.nbytes // max(1, self.n_examples)
+        return self.layout.width * schema.STORAGE_DTYPES[self.storage_dtype][0].itemsize
 
     # ---- bulk data ---------------------------------------------------------------------
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """(stop-start, F) factor rows as a zero-copy tensor of the storage dtype."""
-        return schema.from_storage(self._factors[start:stop], self.storage_dtype)
+        pieces = [
+            mapped[max(start, first) - first : min(stop, end) - first]
+            for first, end, mapped in self._segments
+            if first < stop and start < end
+        ]
+        if len(pieces) == 1 or stop <= start:
+            block = pieces[0] if pieces else self._segments[0][2][0:0]
+            return schema.from_storage(block, self.storage_dtype)
+        return torch.cat([schema.from_storage(piece, self.storage_dtype) for piece in pieces])
 
     def curvature(self, index: int) -> Curvature:
         damping, trace = (float(v) for v in self._file[schema.curvature_scalars(index)][...])
@@ -171,6 +217,9 @@ class IndexReader:
         problems += [
             f"checksum mismatch in {name}" for name in names if stored[name] != actual[name]
         ]
+        for shard in self.shard_paths:
+            with IndexReader(shard) as part:
+                problems += [f"{shard.name}: {problem}" for problem in part.verify()]
         return problems + self.verify_projections()
 
     def verify_projections(self) -> list[str]:

@@ -123,7 +123,7 @@ class ScanEngine:
         self.reader, self.device = reader, device
         self.layout = reader.layout
         self.n = reader.n_examples
-        self.row_bytes = reader.layout.width * reader.factor_dataset.itemsize
+        self.row_bytes = reader.bytes_per_example
         self.residency = choose_residency(
             residency, self.n * self.row_bytes, device, gpu_fraction, ram_fraction
         )

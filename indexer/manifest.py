@@ -1,0 +1,93 @@
+"""The manifest of a sharded index: one logical index over the shard files (SPEC §3, §8).
+
+Factor and example datasets are HDF5 virtual datasets over the shards (so every HDF5 tool
+sees one index); projections and curvature, identical in every shard of a distributed build,
+are copied from the first. The reader maps the shards' factor rows directly and checks that
+each shard exists, since HDF5 silently reads a missing source as zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import schema
+from .digest import dataset_digests
+from .journal import fsync_dir
+from .reader import IndexFileError, IndexReader
+
+_ROW_DATASETS = (
+    schema.FACTORS,
+    schema.EXAMPLE_IDS,
+    schema.EXAMPLE_TEXT,
+    schema.EXAMPLE_TOKENS,
+    schema.EXAMPLE_METADATA,
+)
+
+
+def write_manifest(out: Path, shards: list[Path]) -> None:
+    """Write ``out`` over ``shards`` (complete shard indexes of consecutive row ranges)."""
+    readers = [IndexReader(shard) for shard in shards]
+    try:
+        _check_consecutive(readers)
+        partial = out.with_name(out.name + ".partial")
+        total = sum(r.n_examples for r in readers)
+        metadata = dict(readers[0].metadata)
+        metadata.pop("shard", None)
+        metadata["shards"] = [
+            {"file": shard.name, "rows": [r.row_offset, r.row_offset + r.n_examples]}
+            for shard, r in zip(shards, readers, strict=True)
+        ]
+        with h5py.File(partial, "w", libver=("v110", "latest")) as f:
+            f.attrs[schema.ATTR_FORMAT] = schema.FORMAT_NAME
+            f.attrs[schema.ATTR_VERSION] = schema.FORMAT_VERSION
+            f.attrs[schema.ATTR_METADATA] = json.dumps(metadata, sort_keys=True)
+            for name in _ROW_DATASETS:
+                first = readers[0]._file[name]
+                layout = h5py.VirtualLayout(shape=(total, *first.shape[1:]), dtype=first.dtype)
+                for shard, reader in zip(shards, readers, strict=True):
+                    source = reader._file[name]
+                    rows = slice(reader.row_offset, reader.row_offset + source.shape[0])
+                    # Relative names: the manifest and its shards move together.
+                    layout[rows] = h5py.VirtualSource(shard.name, name, shape=source.shape)
+                dataset = f.create_virtual_dataset(name, layout)
+                for key, value in first.attrs.items():
+                    dataset.attrs[key] = value
+            readers[0]._file.copy(readers[0]._file["layers"], f, "layers")
+            names = sorted(_own_datasets(f))
+            sums = f.create_dataset(schema.CHECKSUMS, (len(names),), f"S{schema.CHECKSUM_WIDTH}")
+            sums.attrs[schema.ATTR_CHECKSUMMED] = json.dumps(names)
+        digests = dataset_digests(partial, names)
+        with h5py.File(partial, "r+") as f:
+            f[schema.CHECKSUMS][...] = np.array([digests[n] for n in names], dtype="S32")
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, out)
+        fsync_dir(out.parent)
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def _own_datasets(f: h5py.File) -> list[str]:
+    names: list[str] = []
+    f.visititems(
+        lambda name, obj: (
+            names.append(name) if isinstance(obj, h5py.Dataset) and not obj.is_virtual else None
+        )
+    )
+    return names
+
+
+def _check_consecutive(readers: list[IndexReader]) -> None:
+    expected = 0
+    for reader in readers:
+        if reader.row_offset != expected:
+            raise IndexFileError(
+                f"{reader.path}: starts at row {reader.row_offset}, expected {expected}"
+            )
+        expected += reader.n_examples

@@ -1,0 +1,159 @@
+"""A 2-process torchrun build (gloo) equals the single-process build."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from indexer import IndexFileError, IndexReader, schema
+from indexer.attribution import ScanQuery, score_block
+from indexer.cli import main as index_main
+from indexer.distributed import shard_path, shard_rows
+
+
+def build_args(model_dir, data_file, out):
+    return [
+        "build",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data_file),
+        "--out",
+        str(out),
+        "--projection-factor",
+        "2",
+        "--factor-rank",
+        "2",
+        "--curvature-rank",
+        "8",
+        "--max-tokens",
+        "8",
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+
+
+def torchrun(args, processes=2):
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "indexer",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def builds(model_dir, data_file, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dist")
+    single, sharded = folder / "single.h5", folder / "sharded.h5"
+    assert index_main(build_args(model_dir, data_file, single)) == 0
+    result = torchrun(build_args(model_dir, data_file, sharded))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return single, sharded
+
+
+def test_shards_cut_at_batch_boundaries():
+    assert [shard_rows(10, 3, r, 2) for r in range(2)] == [(0, 6), (6, 10)]
+    assert [shard_rows(7, 3, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 7)]
+    # Fewer batches than ranks: the first rank's slice is empty, the union still covers N.
+    assert [shard_rows(2, 3, r, 2) for r in range(2)] == [(0, 0), (0, 2)]
+
+
+def test_two_process_build_equals_single_process(builds):
+    single, sharded = builds
+    with IndexReader(single) as one, IndexReader(sharded) as two:
+        assert two.n_examples == one.n_examples and one.n_examples % 2 == 1  # N not divisible by K
+        assert len(two.shard_paths) == 2
+        assert torch.equal(
+            one.rows(0, one.n_examples).view(torch.int16),
+            two.rows(0, two.n_examples).view(torch.int16),
+        )
+        assert one.example_ids() == two.example_ids()
+        for i in range(len(one.layers)):
+            a, b = one.curvature(i), two.curvature(i)
+            torch.testing.assert_close(
+                a.eigvals, b.eigvals, rtol=1e-4, atol=1e-6 * float(a.eigvals[0])
+            )
+            cosines = torch.linalg.svdvals(a.eigvecs[:, :4].double().T @ b.eigvecs[:, :4].double())
+            assert cosines.min() > 0.999
+            assert a.damping == pytest.approx(b.damping, rel=1e-5)
+        hq = {
+            s.name: torch.randn(2, s.d1, s.d2, generator=torch.Generator().manual_seed(3))
+            for s in one.layers
+        }
+        top_one = score_block(one.layout, one.rows(0, one.n_examples).float(), ScanQuery(hq)).topk(
+            5
+        )
+        top_two = score_block(two.layout, two.rows(0, two.n_examples).float(), ScanQuery(hq)).topk(
+            5
+        )
+        assert torch.equal(top_one.indices, top_two.indices)
+        assert two.verify() == []
+    with h5py.File(sharded) as f:
+        assert f[schema.FACTORS].is_virtual and f[schema.EXAMPLE_TEXT].is_virtual
+        assert list(f[schema.EXAMPLE_TEXT].asstr()[:3]) == [
+            r.text for r in IndexReader(single).examples([0, 1, 2])
+        ]
+
+
+def test_each_shard_is_a_servable_index_of_its_rows(builds):
+    _, sharded = builds
+    with IndexReader(shard_path(sharded, 1, 2)) as shard, IndexReader(sharded) as whole:
+        assert shard.row_offset > 0 and shard.row_offset + shard.n_examples == whole.n_examples
+        assert torch.equal(
+            shard.rows(0, shard.n_examples).view(torch.int16),
+            whole.rows(shard.row_offset, whole.n_examples).view(torch.int16),
+        )
+
+
+def test_missing_shard_is_refused(builds, tmp_path):
+    _, sharded = builds
+    copy = tmp_path / sharded.name
+    shutil.copy(sharded, copy)
+    shutil.copy(shard_path(sharded, 0, 2), tmp_path)  # shard 1 left behind
+    with pytest.raises(IndexFileError, match="shard .*00001-of-00002.h5 is missing"):
+        IndexReader(copy)
+
+
+def test_rerun_is_complete_and_resume_after_a_rank_dies(model_dir, data_file, tmp_path, builds):
+    out = tmp_path / "killed.h5"
+    env_kill = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "indexer",
+            *build_args(model_dir, data_file, out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "LORIF_CRASH_AT": "curvature-pass:2"},
+    )
+    assert env_kill.returncode != 0 and not out.exists()  # failed cleanly, no hang
+    rerun = torchrun(build_args(model_dir, data_file, out))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    with IndexReader(builds[1]) as reference, IndexReader(out) as resumed:
+        assert torch.equal(
+            reference.rows(0, reference.n_examples).view(torch.int16),
+            resumed.rows(0, resumed.n_examples).view(torch.int16),
+        )
+        np.testing.assert_allclose(
+            reference.curvature(0).eigvals, resumed.curvature(0).eigvals, rtol=1e-6
+        )
