@@ -94,6 +94,15 @@ class AttributionResult(BaseModel):
     timings: Timings
 
 
+class Coverage(BaseModel):
+    """Which shards answered (coordinator responses only)."""
+
+    shards: int
+    answered: int
+    missing: list[str] = Field(default_factory=list)
+    partial: bool = False
+
+
 class AttributionResponse(BaseModel):
     """Single form: one result at the top level. Batch form: ``batch`` in query order."""
 
@@ -103,6 +112,7 @@ class AttributionResponse(BaseModel):
     index: IndexSummary
     timings: Timings
     batch: list[AttributionResult] | None = None
+    coverage: Coverage | None = None
 
 
 class LayerInfo(BaseModel):

@@ -198,7 +198,7 @@ class AttributionService:
         return [
             ResultItem(
                 rank=rank + 1,
-                index=rec.row,
+                index=rec.row + self.reader.row_offset,
                 id=rec.id,
                 score=float(score),
                 text=rec.text if with_text else None,

@@ -157,3 +157,90 @@ def test_rerun_is_complete_and_resume_after_a_rank_dies(model_dir, data_file, tm
         np.testing.assert_allclose(
             reference.curvature(0).eigvals, resumed.curvature(0).eigvals, rtol=1e-6
         )
+
+
+def live_server_for(index):
+    from test_client import LiveServer
+
+    from server.app import create_app
+    from server.loading import load_service
+    from server.metrics import ServerMetrics
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(index=index, device="cpu")
+    return LiveServer(create_app(settings, load_service(settings, ServerMetrics())))
+
+
+def test_coordinator_over_shards_equals_one_server(builds):
+    import statistics
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from server.coordinator import CoordinatorSettings, create_coordinator_app
+
+    _, sharded = builds
+    queries = [
+        {"prompt": "the market", "completion": "shares rose more", "top_k": 6, "opponents": True},
+        {"prompt": "", "completion": "film star music award", "top_k": 3},
+    ]
+    with (
+        live_server_for(sharded) as whole,
+        live_server_for(shard_path(sharded, 0, 2)) as a,
+        live_server_for(shard_path(sharded, 1, 2)) as b,
+    ):
+        settings = CoordinatorSettings(shards=[a.url, b.url])
+        with TestClient(create_coordinator_app(settings)) as coordinator:
+            merged = coordinator.post("/v1/attributions", json={"queries": queries})
+            assert merged.status_code == 200, merged.text
+            direct = httpx_post(whole.url, {"queries": queries})
+            for got, expected in zip(merged.json()["batch"], direct["batch"], strict=True):
+                for key in ("results", "opponents"):
+                    if key in expected:
+                        assert [r["index"] for r in got[key]] == [r["index"] for r in expected[key]]
+                        assert [r["id"] for r in got[key]] == [r["id"] for r in expected[key]]
+                        np.testing.assert_allclose(
+                            [r["score"] for r in got[key]],
+                            [r["score"] for r in expected[key]],
+                            rtol=1e-5,
+                        )
+            assert merged.json()["coverage"] == {
+                "shards": 2,
+                "answered": 2,
+                "missing": [],
+                "partial": False,
+            }
+            assert coordinator.get("/readyz").status_code == 200
+            single = {"prompt": "the market", "completion": "shares rose more", "top_k": 5}
+            times = {"coordinator": [], "single server": []}
+            for _ in range(15):
+                began = time.perf_counter()
+                coordinator.post("/v1/attributions", json=single)
+                times["coordinator"].append(time.perf_counter() - began)
+                began = time.perf_counter()
+                httpx_post(whole.url, single)
+                times["single server"].append(time.perf_counter() - began)
+            medians = {k: round(1000 * statistics.median(v[3:]), 1) for k, v in times.items()}
+            print(f"\ncoordinator overhead (ms, medians of 12): {medians}")
+            assert coordinator.post("/v1/attributions", json={"completion": ""}).status_code == 422
+        b.__exit__(None, None, None)  # shard 1 goes down
+        with TestClient(
+            create_coordinator_app(CoordinatorSettings(shards=[a.url, b.url]))
+        ) as strict:
+            failed = strict.post("/v1/attributions", json=queries[0])
+            assert failed.status_code == 503 and b.url in failed.json()["detail"]
+            assert failed.headers["retry-after"] == "1"
+        partial_settings = CoordinatorSettings(shards=[a.url, b.url], allow_partial=True)
+        with TestClient(create_coordinator_app(partial_settings)) as lenient:
+            answer = lenient.post("/v1/attributions", json=queries[0]).json()
+            assert answer["coverage"]["partial"] is True and answer["coverage"]["answered"] == 1
+            with IndexReader(shard_path(sharded, 0, 2)) as shard0:
+                assert all(r["index"] < shard0.n_examples for r in answer["results"])
+
+
+def httpx_post(url, body):
+    import httpx
+
+    response = httpx.post(f"{url}/v1/attributions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
