@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 from collections.abc import Sequence
@@ -135,7 +136,37 @@ class _Build:
             }
 
     # ---- start or resume -----------------------------------------------------------------
+    def required_bytes(self) -> int:
+        """Disk the build will need: file, solver checkpoints, headroom for HDF5 metadata."""
+        itemsize = schema.STORAGE_DTYPES[self.config.dtype][0].itemsize
+        factors = len(self.examples) * self.layout.width * itemsize
+        curvature = sum(
+            s.dim * r * 4 for s, r in zip(self.specs, self.curvature_ranks, strict=True)
+        )
+        projections = sum((s.in_features * s.d1 + s.out_features * s.d2) * 4 for s in self.specs)
+        text = sum(len(e.text.encode()) + len(e.id) + 64 for e in self.examples)
+        checkpoints = 2 * sum(
+            s.dim * (r + self.config.oversample) * 8
+            for s, r in zip(self.specs, self.curvature_ranks, strict=True)
+        )
+        return factors + curvature + projections + 2 * text + checkpoints + (1 << 20)
+
+    def check_space(self) -> None:
+        """Fail before writing (HDF5 does not fail cleanly on a full disk) or resuming."""
+        allocated = 0
+        if self.partial.exists():
+            allocated = self.partial.stat().st_blocks * 512
+        needed = self.required_bytes() - allocated
+        free = shutil.disk_usage(self.partial.parent).free
+        if needed > free:
+            raise BuildError(
+                f"not enough disk space in {self.partial.parent}: the build needs about "
+                f"{needed / 2**20:,.1f} MiB more, {free / 2**20:,.1f} MiB are free. Nothing was "
+                "lost: free space and rerun the same command."
+            )
+
     def open(self) -> tuple[RawWriter, Journal]:
+        self.check_space()
         journal = Journal(self.journal_path)
         if journal.created and self.partial.exists():
             with IndexReader(self.partial) as saved:  # checksums are not written yet: no verify
@@ -269,7 +300,15 @@ def build_index(
         return _existing(out, build, times)
     resumed_from = 0
     if not target.exists():  # a rank of a distributed rerun may have finished its shard
-        resumed_from = _run_phases(build, times)
+        try:
+            resumed_from = _run_phases(build, times)
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            raise BuildError(
+                f"out of disk space while writing {target}: {exc}. The partial build is kept: "
+                "free space and rerun the same command to resume."
+            ) from exc
     if dist is not None:
         dist.barrier()  # every shard is complete
         if dist.rank == 0:
@@ -298,6 +337,13 @@ def _run_phases(build: _Build, times: dict[str, float]) -> int:
     finally:
         writer.close()
     return resumed_from
+
+
+def _disk_full(exc: OSError) -> bool:
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    text = str(exc)  # HDF5 reports write failures without an errno
+    return "No space left" in text or "File too large" in text or "Disk quota" in text
 
 
 def _file_bytes(out: Path) -> int:

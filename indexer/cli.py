@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def print_info(reader: IndexReader) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Over a file-size limit, get EFBIG (a clear error) instead of being killed by SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         if args.command == "build":
             dist = from_environment(args.device)

@@ -124,3 +124,76 @@ def test_existing_index_from_another_build_is_not_overwritten(
     assert main(build_args(model_dir, data_file, out, "--seed", "3")) == 2
     assert "already exists from a different build" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(model_dir, data_file, tmp_path, reference):
+    out = tmp_path / "idx.h5"
+    env = {**os.environ, "LORIF_CRASH_AT": "rows:1", "LORIF_CRASH_SIGNAL": "SIGINT"}
+    interrupted = subprocess.run(
+        [sys.executable, "-m", "indexer", *build_args(model_dir, data_file, out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert interrupted.returncode == 130
+    assert "interrupted; progress is saved: rerun the same command to resume" in interrupted.stderr
+    assert "Traceback" not in interrupted.stderr
+    resumed = run_cli(build_args(model_dir, data_file, out))
+    assert resumed.returncode == 0 and "resumed from row    8" in resumed.stdout
+    got = compared_datasets(out)
+    assert all(np.array_equal(got[name], expected) for name, expected in reference.items())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder):
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * (64 << 10))
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_disk_is_a_clear_error_and_the_build_resumes(
+    model_dir, data_file, small_disk, reference
+):
+    out = small_disk / "idx.h5"
+    assert run_cli(build_args(model_dir, data_file, out), "rows:1").returncode == -9
+    filler = fill(small_disk)  # the disk fills up while the build is down
+    full = run_cli(build_args(model_dir, data_file, out))
+    assert full.returncode == 2 and "not enough disk space" in full.stderr, full.stderr
+    assert "Traceback" not in full.stderr
+    assert out.with_name("idx.h5.partial").exists()  # nothing lost
+    filler.unlink()  # space is freed
+    resumed = run_cli(build_args(model_dir, data_file, out))
+    assert resumed.returncode == 0, resumed.stderr
+    got = compared_datasets(out)
+    assert all(np.array_equal(got[name], expected) for name, expected in reference.items())
+
+
+def test_disk_full_while_writing_is_reported(model_dir, data_file, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from indexer import build as build_module
+
+    def no_space(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(build_module, "_run_phases", no_space)
+    assert main(build_args(model_dir, data_file, tmp_path / "x.h5")) == 2
+    assert "out of disk space while writing" in capsys.readouterr().err
