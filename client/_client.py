@@ -15,7 +15,6 @@ from pydantic import BaseModel, ValidationError
 from .errors import APIConnectionError, APITimeoutError, error_for_status
 from .models import (
     AttributionQuery,
-    AttributionRequest,
     AttributionResponse,
     Health,
     IndexInfo,
@@ -80,8 +79,8 @@ def _retry_delay(
 
 
 def _request_body(prompt: str, completion: str, **options: Any) -> dict[str, Any]:
-    return AttributionRequest(prompt=prompt, completion=completion, **options).model_dump(
-        exclude_none=True, exclude={"queries"}
+    return AttributionQuery(prompt=prompt, completion=completion, **options).model_dump(
+        exclude_none=True
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TOP_K = 1000
 
@@ -28,23 +28,19 @@ class AttributionQuery(_Strict):
     )
 
 
-class AttributionRequest(AttributionQuery):
-    """Body of POST /v1/attributions: one query, or a batch under ``queries``."""
+class BatchAttributionRequest(_Strict):
+    """Several queries answered by one scan; results come back under ``batch`` in order."""
 
-    completion: str | None = Field(None, min_length=1)  # type: ignore[assignment]
-    queries: list[AttributionQuery] | None = Field(None, min_length=1, max_length=64)
+    queries: list[AttributionQuery] = Field(..., min_length=1, max_length=64)
 
-    @model_validator(mode="after")
-    def _one_form(self) -> AttributionRequest:
-        if (self.queries is None) == (self.completion is None):
-            raise ValueError("give either 'completion' (single form) or 'queries' (batch form)")
-        return self
 
-    def as_queries(self) -> list[AttributionQuery]:
-        if self.queries is not None:
-            return list(self.queries)
-        data = self.model_dump(exclude={"queries"})
-        return [AttributionQuery(**data)]
+# Body of POST /v1/attributions: exactly one of the two forms (extra fields are refused,
+# so a body mixing them matches neither).
+AttributionRequest = AttributionQuery | BatchAttributionRequest
+
+
+def queries_of(body: AttributionRequest) -> list[AttributionQuery]:
+    return list(body.queries) if isinstance(body, BatchAttributionRequest) else [body]
 
 
 class ResultItem(BaseModel):

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from .batcher import DynamicBatcher
 from .device import DeviceThread
-from .errors import install_error_handlers, problem_response
+from .errors import BodyLimit, install_error_handlers, problem_response
 from .metrics import ServerMetrics
 from .routes import router
 from .service import AttributionService
@@ -35,6 +35,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.lifespans:
+            # Already running (a test harness or a second server over the same app object):
+            # one batcher owns the device thread, so a second must not be started.
+            app.state.lifespans += 1
+            try:
+                yield
+            finally:
+                app.state.lifespans -= 1
+            return
+        app.state.lifespans = 1
         if app.state.service is None:
             from .loading import load_service
 
@@ -54,12 +64,14 @@ def create_app(
             metrics.ready.set(0)
             # Wait for the scan in flight (bounded, so a wedged device cannot hang shutdown).
             batcher.stop(timeout=max(30.0, 2 * settings.request_timeout_s))
+            app.state.lifespans = 0
 
     app = FastAPI(title="LoRIF attribution server", version="1", lifespan=lifespan)
     app.state.settings, app.state.metrics = settings, metrics
-    app.state.service, app.state.ready = service, False
+    app.state.service, app.state.ready, app.state.lifespans = service, False, 0
     install_error_handlers(app)
     app.include_router(router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.middleware("http")
     async def observe(

@@ -30,10 +30,12 @@ from client.models import (
     AttributionRequest,
     AttributionResponse,
     AttributionResult,
+    BatchAttributionRequest,
     Coverage,
     Health,
     IndexSummary,
     ResultItem,
+    queries_of,
 )
 
 from .errors import ProblemError, error_responses, install_error_handlers
@@ -153,10 +155,10 @@ async def attribute(
 ) -> AttributionResponse:
     began = time.perf_counter()
     coordinator: Coordinator = request.app.state.coordinator
-    results, coverage = await coordinator.fan_out(body.as_queries())
+    results, coverage = await coordinator.fan_out(queries_of(body))
     for result in results:
         result.timings.total_ms = 1000 * (time.perf_counter() - began)
-    if body.queries is None:
+    if not isinstance(body, BatchAttributionRequest):
         (single,) = results
         return AttributionResponse(
             **single.model_dump(exclude={"timings"}), timings=single.timings, coverage=coverage

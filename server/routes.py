@@ -11,7 +11,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from client.models import AttributionRequest, AttributionResponse, Health, IndexInfo
+from client.models import (
+    AttributionRequest,
+    AttributionResponse,
+    BatchAttributionRequest,
+    Health,
+    IndexInfo,
+    queries_of,
+)
 
 from .batcher import DynamicBatcher, Expired, QueueFull, WorkItem
 from .errors import ProblemError, error_responses
@@ -78,7 +85,7 @@ async def attribute(
     deadline = began + settings.request_timeout_s
     items = [
         WorkItem(query, service.encode(query), loop.create_future(), loop, deadline)
-        for query in body.as_queries()
+        for query in queries_of(body)
     ]
     try:
         batcher.submit(items)
@@ -97,7 +104,7 @@ async def attribute(
     total_ms = 1000 * (time.perf_counter() - began)
     for result in results:
         result.timings.total_ms = total_ms
-    if body.queries is None:
+    if not isinstance(body, BatchAttributionRequest):
         (single,) = results
         return AttributionResponse(**single.model_dump(exclude={"timings"}), timings=single.timings)
     return AttributionResponse(batch=results, index=service.summary, timings=results[0].timings)

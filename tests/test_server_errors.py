@@ -21,7 +21,8 @@ def assert_problem(response, status):
 @pytest.mark.parametrize(
     "body, fragment",
     [
-        ({"prompt": "p"}, "either 'completion'"),
+        ({"prompt": "p"}, "completion: Field required"),
+        ({"completion": "c", "queries": [{"completion": "c"}]}, "Extra inputs are not permitted"),
         ({"completion": ""}, "completion"),
         ({"completion": "c", "top_k": 0}, "top_k"),
         ({"completion": "c", "top_k": 1001}, "top_k"),
