@@ -82,7 +82,22 @@ class IndexReader:
             )
 
     def _check_sizes(self) -> None:
-        required = [schema.FACTORS, schema.EXAMPLE_IDS, schema.CHECKSUMS]
+        required = [
+            schema.FACTORS,
+            schema.EXAMPLE_IDS,
+            schema.EXAMPLE_TEXT,
+            schema.EXAMPLE_TOKENS,
+            schema.EXAMPLE_METADATA,
+            schema.CHECKSUMS,
+        ]
+        for i in range(len(self.layers)):
+            required += [
+                schema.p_in(i),
+                schema.p_out(i),
+                schema.eigvecs(i),
+                schema.eigvals(i),
+                schema.curvature_scalars(i),
+            ]
         missing = [name for name in required if name not in self._file]
         if missing:
             raise IndexFileError(f"{self.path}: missing dataset(s) {missing}")
