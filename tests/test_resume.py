@@ -197,3 +197,30 @@ def test_disk_full_while_writing_is_reported(model_dir, data_file, tmp_path, mon
     monkeypatch.setattr(build_module, "_run_phases", no_space)
     assert main(build_args(model_dir, data_file, tmp_path / "x.h5")) == 2
     assert "out of disk space while writing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_random_sigkills_until_done(model_dir, data_file, tmp_path, reference):
+    """Kill the build at random moments (any phase) until it completes; the result is exact."""
+    import random
+    import time
+
+    rng = random.Random(7)
+    began = time.perf_counter()
+    assert run_cli(build_args(model_dir, data_file, tmp_path / "timed.h5")).returncode == 0
+    whole = time.perf_counter() - began  # start-up plus the build itself
+    out = tmp_path / "idx.h5"
+    kills = 0
+    while not out.exists():
+        command = [sys.executable, "-m", "indexer", *build_args(model_dir, data_file, out)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            # The first 8 attempts die at a random moment late in their run (past start-up).
+            process.wait(timeout=rng.uniform(0.6, 1.0) * whole if kills < 8 else None)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            kills += 1
+    print(f"\nrandom kills survived: {kills}")
+    got = compared_datasets(out)
+    assert all(np.array_equal(got[name], expected) for name, expected in reference.items())
