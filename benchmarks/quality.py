@@ -235,15 +235,17 @@ def plot(rows: list[dict[str, Any]]) -> None:
                 xytext=(4, 4),
                 textcoords="offset points",
             )
+    ax.set_xscale("log")
     for r in rows:
-        if not r["bytes_per_example"]:
+        if not r["bytes_per_example"]:  # methods without an index: horizontal references
             ax.axhline(r["lds"], linestyle="--", linewidth=0.8, color="grey")
             ax.annotate(
                 r["method"],
-                (ax.get_xlim()[0], r["lds"]),
+                (0.01, r["lds"]),
+                xycoords=ax.get_yaxis_transform(),
                 fontsize=7,
                 color="grey",
-                xytext=(2, 2),
+                xytext=(0, 2),
                 textcoords="offset points",
             )
     ax.set_xscale("log")

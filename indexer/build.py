@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import __version__, schema
+from . import __version__
+from .build_summary import BuildSummary, existing_summary, summarize
 from .config import IndexConfig, differing_fields
 from .curvature_phase import run_curvature
 from .data import BadRecord, Example, examples_digest, make_examples, read_records
@@ -28,6 +27,7 @@ from .manifest import write_manifest
 from .models import LoadedModel, load_model
 from .projection import make_projection, projected_dims
 from .reader import IndexReader
+from .space import check_space, disk_full, required_bytes
 from .writer import RawWriter, create_index_file
 
 LOSS_DEFINITION = (
@@ -38,21 +38,6 @@ LOSS_DEFINITION = (
 
 class BuildError(RuntimeError):
     """The build cannot proceed (e.g. a resume with a different config or model)."""
-
-
-@dataclass
-class BuildSummary:
-    path: Path
-    n_examples: int
-    n_layers: int
-    n_tokens: int
-    bytes_per_example: int
-    dense_bytes_per_example: int
-    file_bytes: int
-    phase_seconds: dict[str, float] = field(default_factory=dict)
-    bad_records: list[str] = field(default_factory=list)
-    resumed_from_row: int = 0
-    already_complete: bool = False
 
 
 def layer_specs(model: torch.nn.Module, config: IndexConfig) -> list[LayerSpec]:
@@ -68,7 +53,7 @@ def layer_specs(model: torch.nn.Module, config: IndexConfig) -> list[LayerSpec]:
     return specs
 
 
-def _identity_view(metadata: dict[str, Any]) -> dict[str, Any]:
+def identity_view(metadata: dict[str, Any]) -> dict[str, Any]:
     """The fields a resume must match, flattened for readable differences."""
     view = {f"config.{k}": v for k, v in metadata["config"].items()}
     view |= {
@@ -136,34 +121,11 @@ class _Build:
             }
 
     # ---- start or resume -----------------------------------------------------------------
-    def required_bytes(self) -> int:
-        """Disk the build will need: file, solver checkpoints, headroom for HDF5 metadata."""
-        itemsize = schema.STORAGE_DTYPES[self.config.dtype][0].itemsize
-        factors = len(self.examples) * self.layout.width * itemsize
-        curvature = sum(
-            s.dim * r * 4 for s, r in zip(self.specs, self.curvature_ranks, strict=True)
-        )
-        projections = sum((s.in_features * s.d1 + s.out_features * s.d2) * 4 for s in self.specs)
-        text = sum(len(e.text.encode()) + len(e.id) + 64 for e in self.examples)
-        checkpoints = 2 * sum(
-            s.dim * (r + self.config.oversample) * 8
-            for s, r in zip(self.specs, self.curvature_ranks, strict=True)
-        )
-        return factors + curvature + projections + 2 * text + checkpoints + (1 << 20)
-
     def check_space(self) -> None:
-        """Fail before writing (HDF5 does not fail cleanly on a full disk) or resuming."""
-        allocated = 0
-        if self.partial.exists():
-            allocated = self.partial.stat().st_blocks * 512
-        needed = self.required_bytes() - allocated
-        free = shutil.disk_usage(self.partial.parent).free
-        if needed > free:
-            raise BuildError(
-                f"not enough disk space in {self.partial.parent}: the build needs about "
-                f"{needed / 2**20:,.1f} MiB more, {free / 2**20:,.1f} MiB are free. Nothing was "
-                "lost: free space and rerun the same command."
-            )
+        check_space(
+            self.partial,
+            required_bytes(self.examples, self.specs, self.curvature_ranks, self.config),
+        )
 
     def open(self) -> tuple[RawWriter, Journal]:
         self.check_space()
@@ -171,7 +133,7 @@ class _Build:
         if journal.created and self.partial.exists():
             with IndexReader(self.partial) as saved:  # checksums are not written yet: no verify
                 diffs = differing_fields(
-                    _identity_view(saved.metadata), _identity_view(self.metadata)
+                    identity_view(saved.metadata), identity_view(self.metadata)
                 )
             if diffs:
                 raise BuildError(
@@ -297,13 +259,13 @@ def build_index(
     build = _Build(loaded, examples, bad, source, target, config, progress, dist, rows)
     times["prepare"] = time.perf_counter() - began
     if out.exists():
-        return _existing(out, build, times)
+        return existing_summary(out, build, times)
     resumed_from = 0
     if not target.exists():  # a rank of a distributed rerun may have finished its shard
         try:
             resumed_from = _run_phases(build, times)
         except OSError as exc:
-            if not _disk_full(exc):
+            if not disk_full(exc):
                 raise
             raise BuildError(
                 f"out of disk space while writing {target}: {exc}. The partial build is kept: "
@@ -314,7 +276,7 @@ def build_index(
         if dist.rank == 0:
             write_manifest(out, [shard_path(out, r, dist.world) for r in range(dist.world)])
         dist.barrier()
-    summary = _summary(out, build, times)
+    summary = summarize(out, build, times)
     summary.bad_records = [str(b) for b in bad]
     summary.resumed_from_row = resumed_from
     return summary
@@ -339,44 +301,5 @@ def _run_phases(build: _Build, times: dict[str, float]) -> int:
     return resumed_from
 
 
-def _disk_full(exc: OSError) -> bool:
-    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return True
-    text = str(exc)  # HDF5 reports write failures without an errno
-    return "No space left" in text or "File too large" in text or "Disk quota" in text
-
-
-def _file_bytes(out: Path) -> int:
-    with IndexReader(out) as reader:
-        return out.stat().st_size + sum(shard.stat().st_size for shard in reader.shard_paths)
-
-
 def _device(config: IndexConfig, dist: Dist | None) -> str:
     return str(dist.device) if dist is not None and dist.device.type == "cuda" else config.device
-
-
-def _existing(out: Path, build: _Build, times: dict[str, float]) -> BuildSummary:
-    with IndexReader(out) as done:
-        diffs = differing_fields(_identity_view(done.metadata), _identity_view(build.metadata))
-    if diffs:
-        raise BuildError(f"{out} already exists from a different build: " + "; ".join(diffs))
-    # A crash between the final rename and the cleanup leaves these behind.
-    build.journal_path.unlink(missing_ok=True)
-    shutil.rmtree(build.state_dir, ignore_errors=True)
-    summary = _summary(out, build, times)
-    summary.already_complete = True
-    return summary
-
-
-def _summary(out: Path, build: _Build, times: dict[str, float]) -> BuildSummary:
-    itemsize = schema.STORAGE_DTYPES[build.config.dtype][0].itemsize
-    return BuildSummary(
-        path=out,
-        n_examples=build.metadata["dataset"]["n"],
-        n_layers=len(build.specs),
-        n_tokens=build.metadata["dataset"]["tokens"],
-        bytes_per_example=build.layout.width * itemsize,
-        dense_bytes_per_example=sum(s.dim for s in build.specs) * itemsize,
-        file_bytes=_file_bytes(out),
-        phase_seconds=times,
-    )
