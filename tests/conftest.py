@@ -29,3 +29,26 @@ def data_file(tmp_path_factory):
         for i, text in enumerate(random_texts(40, seed=11)):
             handle.write(json.dumps({"id": f"doc{i}", "text": text, "topic": f"t{i % 3}"}) + "\n")
     return path
+
+
+def build_small_index(model_dir, data_file, out, *extra):
+    """The CLI build most server-side tests start from (tiny model, f = 2, ≤ 10 tokens)."""
+    from indexer.cli import main
+
+    args = [
+        "build",
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data_file),
+        "--out",
+        str(out),
+        "--projection-factor",
+        "2",
+        "--max-tokens",
+        "10",
+        "--quiet",
+        *extra,
+    ]
+    assert main(args) == 0
+    return out

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import build_small_index
 
 from client import Client, RetryPolicy
-from indexer.cli import main as index_main
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 DEPLOY_CONF = Path(__file__).parent.parent / "deploy" / "nginx" / "attribution.conf"
@@ -101,25 +101,7 @@ class Replica:
 def deployment(model_dir, data_file, tmp_path_factory):
     folder = tmp_path_factory.mktemp("deploy")
     index = folder / "index.h5"
-    assert (
-        index_main(
-            [
-                "build",
-                "--model",
-                str(model_dir),
-                "--data",
-                str(data_file),
-                "--out",
-                str(index),
-                "--projection-factor",
-                "2",
-                "--max-tokens",
-                "10",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    build_small_index(model_dir, data_file, index)
     ports = [free_port() for _ in range(3)]
     replicas = [Replica(index, model_dir, p).start() for p in ports]
     lb_port = free_port()

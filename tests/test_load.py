@@ -13,9 +13,8 @@ import time
 import httpx
 import psutil
 import pytest
+from conftest import build_small_index
 from test_deploy import free_port
-
-from indexer.cli import main as index_main
 
 QUERY = {"prompt": "the market", "completion": "shares rose more", "top_k": 5, "return_text": False}
 
@@ -26,8 +25,7 @@ def server(model_dir, data_file, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("load")
     small = folder / "small.h5"
-    args = ["build", "--model", str(model_dir), "--data", str(data_file), "--out", str(small)]
-    assert index_main([*args, "--projection-factor", "2", "--max-tokens", "10", "--quiet"]) == 0
+    build_small_index(model_dir, data_file, small)
     # The tiny model's own index grown to 300 k rows, so that a query costs a real scan: the
     # server's capacity is then low enough for one client process to offer 4x of it.
     index = make_synthetic(small, 300_000, folder / "load.h5")

@@ -8,9 +8,9 @@ import sys
 import h5py
 import pytest
 import torch
+from conftest import build_small_index
 
 from indexer import IndexFileError, IndexReader, schema
-from indexer.cli import main as index_main
 from server.loading import StartupError, load_service
 from server.metrics import ServerMetrics
 from server.settings import ServerSettings
@@ -19,25 +19,7 @@ from server.settings import ServerSettings
 @pytest.fixture(scope="module")
 def good(model_dir, data_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("startup") / "good.h5"
-    assert (
-        index_main(
-            [
-                "build",
-                "--model",
-                str(model_dir),
-                "--data",
-                str(data_file),
-                "--out",
-                str(out),
-                "--projection-factor",
-                "2",
-                "--max-tokens",
-                "10",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    build_small_index(model_dir, data_file, out)
     return out
 
 
