@@ -75,6 +75,7 @@ class DynamicBatcher:
         self._stop = threading.Event()
         self._metrics = metrics
         self._done: Future[None] | None = None
+        self._batch_seconds = 0.0
 
     def start(self, device: DeviceThread) -> None:
         """Run the scan loop on the thread that owns the device."""
@@ -93,10 +94,23 @@ class DynamicBatcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    def estimated_wait(self, extra: int) -> float:
+        """Seconds until ``extra`` more queries would be answered, from recent batch times."""
+        batches_ahead = (self._queue.qsize() + extra + self.max_batch - 1) // self.max_batch
+        return (batches_ahead + 1) * self._batch_seconds  # +1: the batch in flight
+
     def submit(self, items: Sequence[WorkItem]) -> None:
-        """Enqueue all items or none of them."""
+        """Enqueue all items or none of them.
+
+        Refused (→ 503) when the queue is full, or when the queue would not be answered
+        before the items' deadline: shedding early beats a 504 after waiting.
+        """
         if self._stop.is_set():
             raise QueueFull("shutting down")
+        budget = min(item.deadline for item in items) - time.perf_counter()
+        wait = self.estimated_wait(len(items))
+        if wait > budget:
+            raise QueueFull(f"busy: the queue needs about {wait:.1f} s, over the request timeout")
         taken = 0
         for _ in items:
             if not self._slots.acquire(blocking=False):
@@ -151,9 +165,12 @@ class DynamicBatcher:
             if not live:
                 continue
             self._metrics.batch_size.observe(len(live))
+            began = time.perf_counter()
             try:
                 outcomes = list(self._process(live))
             except Exception as exc:  # one bad batch must not kill the scan thread
                 outcomes = [exc] * len(live)
+            # Moving average of a batch's time, for admission (estimated_wait).
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.perf_counter() - began)
             for item, outcome in zip(live, outcomes, strict=True):
                 item.resolve(outcome)

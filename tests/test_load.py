@@ -39,7 +39,7 @@ def server(model_dir, data_file, tmp_path_factory):
         "LORIF_RESIDENCY": "ram",
         "LORIF_MAX_QUEUE": "4",
         "LORIF_MAX_BATCH": "1",
-        "LORIF_REQUEST_TIMEOUT_S": "10",
+        "LORIF_REQUEST_TIMEOUT_S": "30",
         "LORIF_LOG_LEVEL": "warning",
     }
     process = subprocess.Popen([sys.executable, "-m", "server"], env=env)
