@@ -5,11 +5,11 @@ import sys
 
 import pytest
 import torch
+from conftest import build_small_index
 from fastapi.testclient import TestClient
 
 from indexer import IndexReader
 from indexer.attribution import ScanQuery, featurize, precondition, score_block
-from indexer.cli import main as index_main
 from indexer.hooks import ProjectedGradients
 from indexer.models import load_model
 from server.app import create_app
@@ -21,26 +21,9 @@ from server.settings import ServerSettings
 @pytest.fixture(scope="module")
 def real_index(model_dir, data_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "real.h5"
-    args = [
-        "build",
-        "--model",
-        str(model_dir),
-        "--data",
-        str(data_file),
-        "--out",
-        str(out),
-        "--projection-factor",
-        "2",
-        "--factor-rank",
-        "2",
-        "--curvature-rank",
-        "8",
-        "--max-tokens",
-        "10",
-        "--quiet",
-    ]
-    assert index_main(args) == 0
-    return out
+    return build_small_index(
+        model_dir, data_file, out, "--factor-rank", "2", "--curvature-rank", "8"
+    )
 
 
 def test_real_model_query_matches_indexer_math(real_index, model_dir):
