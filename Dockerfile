@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The attribution server image. The index and the model are mounted read-only, never baked in;
 # configuration comes only from LORIF_* environment variables (see server/settings.py).
+# The project installs as one package, lorif_serve; nothing else lands in site-packages.
 #
 #   GPU (default):  docker build -t lorif-serve .
 #   CPU only:       docker build --build-arg VARIANT=cpu -t lorif-serve:cpu .
@@ -33,20 +34,20 @@ WORKDIR /app
 # (DL3013: this installs the project's own pinned dependency set, not a loose package.)
 COPY pyproject.toml README.md ./
 # hadolint ignore=DL3013
-RUN mkdir -p indexer server client examples/bbc \
-    && touch indexer/__init__.py server/__init__.py client/__init__.py \
-       examples/__init__.py examples/bbc/__init__.py \
+RUN mkdir -p lorif_serve && touch lorif_serve/__init__.py \
     && pip install --no-cache-dir ".[server,gguf]" \
-    && pip uninstall -y lorif-serve
+    && pip uninstall -y lorif-serve && rm -r lorif_serve
 
-# Code layer.
+# Code layer (lorif_serve/ links to the three code folders; pip copies what they point to).
 COPY indexer ./indexer
 COPY server ./server
 COPY client ./client
-COPY examples ./examples
+COPY lorif_serve ./lorif_serve
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir --no-deps . \
+    && rm -rf build ./*.egg-info \
     && useradd --create-home --uid 10001 app
+WORKDIR /home/app
 
 USER 10001
 EXPOSE 8000
@@ -54,4 +55,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LORIF_PORT', '8000') + '/healthz', timeout=2)"]
 # Exec form: SIGTERM reaches uvicorn, which stops accepting and drains in-flight requests.
-ENTRYPOINT ["python", "-m", "server"]
+ENTRYPOINT ["lorif-serve"]

@@ -6,7 +6,7 @@ demo:
 test:
 	scripts/test.sh
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy && .venv/bin/lint-imports --no-cache
 bench: setup
 	.venv/bin/python -m examples.bbc --no-serve
 	.venv/bin/python -m benchmarks.storage

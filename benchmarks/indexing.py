@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 from examples.bbc.corpus import load_articles
-from indexer import IndexConfig, build_index
-from indexer.build import layer_specs
-from indexer.data import Record, make_examples
-from indexer.factors import RowLayout
-from indexer.hooks import ProjectedGradients, collate, token_summed_loss
-from indexer.models import load_model
-from indexer.projection import make_projection
+from lorif_serve.indexer import IndexConfig, build_index
+from lorif_serve.indexer.build.plan import layer_specs
+from lorif_serve.indexer.core.factors import RowLayout
+from lorif_serve.indexer.core.gradients import ProjectedGradients, collate, token_summed_loss
+from lorif_serve.indexer.core.projection import make_projection
+from lorif_serve.indexer.inputs.examples import make_examples
+from lorif_serve.indexer.inputs.lm import load_model
+from lorif_serve.indexer.inputs.records import Record
 
 from .common import write_result
 

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from indexer import IndexConfig, IndexReader, build_index
-from indexer.attribution import ScanQuery, precondition, score_block
-from indexer.hooks import ProjectedGradients, collate, token_summed_loss
-from indexer.layers import find_layers
-from indexer.models import LoadedModel, identify
+from lorif_serve.indexer import IndexConfig, IndexReader, build_index
+from lorif_serve.indexer.core.gradients import ProjectedGradients, collate, token_summed_loss
+from lorif_serve.indexer.core.query import ScanQuery, precondition, score_block
+from lorif_serve.indexer.inputs.layers import find_layers
+from lorif_serve.indexer.inputs.lm import LoadedModel, identify
 
 from .common import write_result
 from .quality_setting import Setting, build_setting

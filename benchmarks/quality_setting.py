@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from indexer.data import Example
-from indexer.hooks import collate, token_summed_loss
-from indexer.models import load_model
+from lorif_serve.indexer.core.gradients import collate, token_summed_loss
+from lorif_serve.indexer.inputs.examples import Example
+from lorif_serve.indexer.inputs.lm import load_model
 
 CHUNK = 64
 POOL, QUERIES, PLANTED = 256, 32, 8

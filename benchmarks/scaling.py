@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from indexer.attribution import ScanQuery
-from indexer.factors import LayerSpec
-from indexer.reader import IndexReader
-from server.engine import ScanEngine
+from lorif_serve.indexer.core.factors import LayerSpec
+from lorif_serve.indexer.core.query import ScanQuery
+from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.engine import ScanEngine
 
 from .common import RESULTS, median_seconds, write_result
 from .synthetic import random_index

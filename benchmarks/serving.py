@@ -17,23 +17,22 @@ import argparse
 import asyncio
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from client import AsyncClient, Client, RetryPolicy
-from client.models import AttributionQuery
-from examples.bbc.serve import demo_query, free_port, wait_ready
-from indexer.models import load_model
-from indexer.reader import IndexReader
-from server.batcher import WorkItem
-from server.engine import ScanEngine
-from server.featurizer import ModelFeaturizer
-from server.metrics import ServerMetrics
-from server.service import AttributionService, QueryOptions
+from examples.bbc.serve import demo_query, free_port, server_command, wait_ready
+from lorif_serve.client import AsyncClient, Client, RetryPolicy
+from lorif_serve.client.protocol import AttributionQuery
+from lorif_serve.indexer.inputs.lm import load_model
+from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.batcher import WorkItem
+from lorif_serve.server.engine import ScanEngine
+from lorif_serve.server.featurizer import ModelFeaturizer
+from lorif_serve.server.metrics import ServerMetrics
+from lorif_serve.server.service import AttributionService, QueryOptions
 
 from .common import median_seconds, write_result
 
@@ -160,23 +159,7 @@ async def http_load(
 
 def http_section(index: Path, model_dir: Path, query: tuple[str, str]) -> list[dict[str, Any]]:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "server",
-        "--index",
-        str(index),
-        "--model",
-        str(model_dir),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--residency",
-        "ram",
-        "--log-level",
-        "warning",
-    ]
+    command = server_command(index, model_dir, port, "cpu", "--residency", "ram")
     process = subprocess.Popen(command)
     try:
         url = f"http://127.0.0.1:{port}"

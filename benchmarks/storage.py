@@ -8,7 +8,7 @@ every linear inside the blocks is tracked, d1 = ⌊I/f⌋, d2 = ⌊O/f⌋.
 
 from __future__ import annotations
 
-from indexer.factors import LayerSpec, RowLayout
+from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
 
 from .common import write_result
 

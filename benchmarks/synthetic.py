@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.reader import IndexReader
-from indexer.writer import RawWriter, create_index_file
+from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.indexer.store.writer import RawWriter, create_index_file
 
 
 def make_synthetic(source: Path, n: int, out: Path, seed: int = 0) -> Path:
@@ -66,9 +66,9 @@ if __name__ == "__main__":
 def random_index(path: Path, specs: list, n: int, seed: int = 0, rank: int = 8) -> Path:  # type: ignore[type-arg]
     """An index of N random rows for the given layer specs (engine timings only: the
     curvature is a random orthonormal basis, the model identity a placeholder)."""
-    from indexer.curvature import Curvature
-    from indexer.factors import RowLayout
-    from indexer.projection import make_projection
+    from lorif_serve.indexer.core.curvature import Curvature
+    from lorif_serve.indexer.core.factors import RowLayout
+    from lorif_serve.indexer.core.projection import make_projection
 
     if path.exists():
         return path

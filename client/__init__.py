@@ -1,7 +1,7 @@
 """Python client SDK for the attribution server; depends only on httpx and pydantic."""
 
-from ._client import AsyncClient, Client, RetryPolicy
-from .errors import (
+from lorif_serve.client.clients import AsyncClient, Client, RetryPolicy
+from lorif_serve.client.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -14,7 +14,7 @@ from .errors import (
     ServerError,
     ServiceUnavailableError,
 )
-from .models import AttributionQuery, AttributionResponse, IndexInfo, ResultItem
+from lorif_serve.client.protocol import AttributionQuery, AttributionResponse, IndexInfo, ResultItem
 
 __all__ = [
     "APIConnectionError",

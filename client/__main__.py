@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from lorif_serve.client.cli import main
 
 sys.exit(main())

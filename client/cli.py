@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._client import Client
-from .errors import AttributionError
-from .models import AttributionResponse, ResultItem
+from lorif_serve.client.clients import Client
+from lorif_serve.client.errors import AttributionError
+from lorif_serve.client.protocol import AttributionResponse, ResultItem
 
 
 def _first_line(text: str | None, width: int = 72) -> str:

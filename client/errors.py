@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from client.models import Problem
+from lorif_serve.client.protocol import Problem
+from lorif_serve.errors import LorifError
 
 
-class AttributionError(Exception):
-    """Base class of every error this client raises."""
+class AttributionError(LorifError):
+    """Base class of every error this client raises (a ``LorifError``, like the server's)."""
 
 
 class APIConnectionError(AttributionError):

@@ -1,10 +1,14 @@
-"""LoRIF indexer: per-example projected gradients, rank-c factors, curvature, HDF5 index."""
+"""LoRIF indexer: per-example projected gradients, rank-c factors, curvature, HDF5 index.
 
-__version__ = "0.1.0"
+Layers, each depending only on those below it: ``core`` (the math, torch only), ``inputs``
+(records, tokenization, the model), ``store`` (the file), ``build`` (the pipeline).
+"""
 
-from .build import BuildError, BuildSummary, build_index  # noqa: E402
-from .config import IndexConfig  # noqa: E402
-from .reader import IndexFileError, IndexReader  # noqa: E402
+from lorif_serve.errors import BuildError, IndexFileError
+from lorif_serve.indexer.build.config import IndexConfig
+from lorif_serve.indexer.build.pipeline import build_index
+from lorif_serve.indexer.build.summary import BuildSummary
+from lorif_serve.indexer.store.reader import IndexReader
 
 __all__ = [
     "BuildError",

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from lorif_serve.indexer.cli import main
 
 sys.exit(main())

@@ -6,42 +6,30 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any, get_type_hints
 
-from .build import BuildError, BuildSummary, build_index
-from .config import IndexConfig
-from .data import DataError
-from .distributed import from_environment
-from .models import ModelError
-from .reader import IndexFileError, IndexReader
+from lorif_serve.errors import LorifError
+from lorif_serve.indexer.build.config import IndexConfig
+from lorif_serve.indexer.build.distributed import from_environment
+from lorif_serve.indexer.build.pipeline import build_index
+from lorif_serve.indexer.build.summary import BuildSummary
+from lorif_serve.indexer.store.reader import IndexReader
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorif-index", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="build (or resume) an index")
+    build = commands.add_parser(
+        "build",
+        help="build (or resume) an index",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     build.add_argument("--model", required=True, help="model directory or .gguf file")
     build.add_argument("--data", required=True, help=".jsonl file, text directory or saved dataset")
     build.add_argument("--out", required=True, type=Path, help="index file to write (.h5)")
-    defaults = IndexConfig()
-    build.add_argument("--projection-factor", type=int, default=defaults.projection_factor)
-    build.add_argument("--d1", type=int, help="explicit input-side projection width")
-    build.add_argument("--d2", type=int, help="explicit output-side projection width")
-    build.add_argument("--factor-rank", type=int, default=defaults.factor_rank, help="c")
-    build.add_argument("--dense", action="store_true", help="store dense G (LoGRA-dense baseline)")
-    build.add_argument("--curvature-rank", type=int, default=defaults.curvature_rank, help="r")
-    build.add_argument("--damping", default=defaults.damping, help="trace | paper | a number")
-    build.add_argument("--layers", nargs="*", default=[], help="globs over module names")
-    build.add_argument("--dtype", default=defaults.dtype, help="bf16 | fp16 | fp32")
-    build.add_argument(
-        "--precision", default=defaults.precision, help="float32 | float64 | bfloat16"
-    )
-    build.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    build.add_argument("--max-tokens", type=int, default=defaults.max_tokens)
-    build.add_argument("--seed", type=int, default=defaults.seed)
-    build.add_argument("--device", default=defaults.device, help="auto | cpu | cuda[:N]")
-    build.add_argument("--checkpoint-rows", type=int, default=defaults.checkpoint_rows)
-    build.add_argument("--on-bad-record", choices=["skip", "fail"], default=defaults.on_bad_record)
+    add_config_flags(build)
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     info = commands.add_parser("info", help="print an index's metadata")
     info.add_argument("index", type=Path)
@@ -51,26 +39,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per ``IndexConfig`` field, with the field's help text and default."""
+    hints = get_type_hints(IndexConfig)
+    defaults = IndexConfig()
+    for spec in fields(IndexConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        default = getattr(defaults, spec.name)
+        kind = hints[spec.name]
+        extra: dict[str, Any] = {"dest": spec.name, "help": spec.metadata["help"]}
+        if "choices" in spec.metadata:
+            extra["choices"] = spec.metadata["choices"]
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=default, **extra)
+        elif spec.name == "layers":
+            parser.add_argument(flag, nargs="*", default=list(default), **extra)
+        elif kind in (int, int | None):
+            parser.add_argument(flag, type=int, default=default, **extra)
+        else:
+            parser.add_argument(flag, default=default, **extra)
+
+
 def _config(args: argparse.Namespace) -> IndexConfig:
-    explicit = args.d1 is not None or args.d2 is not None
-    return IndexConfig(
-        projection_factor=None if explicit else args.projection_factor,
-        d1=args.d1,
-        d2=args.d2,
-        factor_rank=args.factor_rank,
-        dense=args.dense,
-        curvature_rank=args.curvature_rank,
-        damping=args.damping,
-        layers=tuple(args.layers),
-        dtype=args.dtype,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        device=args.device,
-        checkpoint_rows=args.checkpoint_rows,
-        on_bad_record=args.on_bad_record,
-    )
+    values = {spec.name: getattr(args, spec.name) for spec in fields(IndexConfig)}
+    return IndexConfig(**{**values, "layers": tuple(values["layers"])})
 
 
 def _mib(n: int) -> str:
@@ -156,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"CORRUPT: {problem}", file=sys.stderr)
                 return 1
             print(f"{args.index}: OK ({reader.n_examples:,} examples, all checksums match)")
-    except (BuildError, DataError, ModelError, IndexFileError, ValueError) as exc:
+    except LorifError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1 if args.command == "verify" else 2
     except KeyboardInterrupt:

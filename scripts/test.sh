@@ -6,6 +6,7 @@ scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 .venv/bin/hadolint Dockerfile
 .venv/bin/yamllint -s deploy .yamllint.yaml
 find deploy/k8s -name '*.yaml' ! -name kustomization.yaml -print0 \

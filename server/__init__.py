@@ -1,1 +1,1 @@
-"""Online attribution server (FastAPI). The query math it uses lives in ``indexer.attribution``."""
+"""Online attribution server (FastAPI). Its query math is ``indexer.core.query``."""

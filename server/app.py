@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
-from .batcher import DynamicBatcher
-from .device import DeviceThread
-from .errors import BodyLimit, install_error_handlers, problem_response
-from .metrics import ServerMetrics
-from .routes import router
-from .service import AttributionService
-from .settings import ServerSettings
-
-log = logging.getLogger("server")
+from lorif_serve.server.batcher import DynamicBatcher
+from lorif_serve.server.device import DeviceThread
+from lorif_serve.server.errors import install_error_handlers
+from lorif_serve.server.loading import load_service
+from lorif_serve.server.metrics import ServerMetrics
+from lorif_serve.server.middleware import install_middleware
+from lorif_serve.server.routes import router
+from lorif_serve.server.service import AttributionService
+from lorif_serve.server.serving import AttributionServing
+from lorif_serve.server.settings import ServerSettings
 
 
 def create_app(
@@ -32,7 +31,22 @@ def create_app(
     """
     metrics = metrics or (service.metrics if service is not None else ServerMetrics())
     device = device or DeviceThread()
+    app = FastAPI(
+        title="LoRIF attribution server",
+        version="1",
+        lifespan=_lifespan(settings, metrics, device),
+    )
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.service, app.state.ready, app.state.lifespans = service, False, 0
+    install_error_handlers(app)
+    app.include_router(router)
+    install_middleware(app, metrics, settings.max_body_bytes)
+    return app
 
+
+def _lifespan(
+    settings: ServerSettings, metrics: ServerMetrics, device: DeviceThread
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.lifespans:
@@ -46,15 +60,14 @@ def create_app(
             return
         app.state.lifespans = 1
         if app.state.service is None:
-            from .loading import load_service
-
             app.state.service = device.call(load_service, settings, metrics)
-        svc: AttributionService = app.state.service
+        service: AttributionService = app.state.service
         batcher = DynamicBatcher(
-            svc.process, settings.max_batch, settings.max_wait_ms, settings.max_queue, metrics
+            service.process, settings.max_batch, settings.max_wait_ms, settings.max_queue, metrics
         )
         batcher.start(device)
-        app.state.batcher, app.state.ready = batcher, True
+        app.state.serving = AttributionServing(service, batcher, settings, metrics)
+        app.state.ready = True
         metrics.ready.set(1)
         try:
             yield
@@ -66,27 +79,4 @@ def create_app(
             batcher.stop(timeout=max(30.0, 2 * settings.request_timeout_s))
             app.state.lifespans = 0
 
-    app = FastAPI(title="LoRIF attribution server", version="1", lifespan=lifespan)
-    app.state.settings, app.state.metrics = settings, metrics
-    app.state.service, app.state.ready, app.state.lifespans = service, False, 0
-    install_error_handlers(app)
-    app.include_router(router)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            metrics.rejections.labels("body_too_large").inc()
-            return problem_response(413, f"request body over {settings.max_body_bytes} bytes")
-        began = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(path, request.method).observe(time.perf_counter() - began)
-        return response
-
-    return app
+    return lifespan

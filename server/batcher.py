@@ -2,7 +2,9 @@
 
 Async handlers enqueue work items and await their futures; the scan thread takes up to
 ``max_batch`` items (waiting at most ``max_wait_ms`` for more), answers them in one pass and
-resolves the futures on the event loop. A full queue is refused at once (→ 503).
+resolves the futures on the event loop. A full queue is refused at once (→ 503), and so is
+a request the queue ahead of it could not answer before its deadline (admission control,
+see ``WaitEstimate``).
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.models import AttributionQuery
-
-from .device import DeviceThread
-from .featurizer import Encoded
-from .metrics import ServerMetrics
+from lorif_serve.client.protocol import AttributionQuery
+from lorif_serve.indexer.core.query import Encoded
+from lorif_serve.server.device import DeviceThread
+from lorif_serve.server.metrics import ServerMetrics
 
 
 class QueueFull(Exception):
@@ -59,6 +60,50 @@ class WorkItem:
 Process = Callable[[Sequence[WorkItem]], Sequence[Any]]
 
 
+class WaitEstimate:
+    """Seconds until queued queries are answered, from the measured cost per query.
+
+    A batch's cost is measured per query (a real model featurizes every query of a batch,
+    so a 16-query batch costs far more than one), averaged over recent batches. The
+    estimate covers only what is queued or in flight, so it falls back to zero when the
+    server is idle: an idle server always admits a request, which also re-measures the cost
+    after an unusually slow batch.
+    """
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self.smoothing = smoothing
+        self.per_query = 0.0
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._in_flight_since = 0.0
+
+    def started(self, queries: int) -> None:
+        with self._lock:
+            self._in_flight, self._in_flight_since = queries, time.perf_counter()
+
+    def finished(self, queries: int, seconds: float) -> None:
+        with self._lock:
+            sample = seconds / max(queries, 1)
+            if self.per_query == 0.0:
+                self.per_query = sample
+            else:
+                self.per_query += self.smoothing * (sample - self.per_query)
+            self._in_flight = 0
+
+    def seconds(self, queued: int) -> float:
+        """Time to answer ``queued`` queries waiting behind the batch in flight."""
+        with self._lock:
+            remaining = 0.0
+            if self._in_flight:
+                expected = self._in_flight * self.per_query
+                remaining = max(0.0, expected - (time.perf_counter() - self._in_flight_since))
+            return remaining + queued * self.per_query
+
+    @property
+    def idle(self) -> bool:
+        return self._in_flight == 0
+
+
 class DynamicBatcher:
     def __init__(
         self,
@@ -75,7 +120,7 @@ class DynamicBatcher:
         self._stop = threading.Event()
         self._metrics = metrics
         self._done: Future[None] | None = None
-        self._batch_seconds = 0.0
+        self.wait = WaitEstimate()
 
     def start(self, device: DeviceThread) -> None:
         """Run the scan loop on the thread that owns the device."""
@@ -95,9 +140,11 @@ class DynamicBatcher:
         return self._queue.qsize()
 
     def estimated_wait(self, extra: int) -> float:
-        """Seconds until ``extra`` more queries would be answered, from recent batch times."""
-        batches_ahead = (self._queue.qsize() + extra + self.max_batch - 1) // self.max_batch
-        return (batches_ahead + 1) * self._batch_seconds  # +1: the batch in flight
+        """Seconds until ``extra`` more queries would be answered (0 on an idle server)."""
+        queued = self._queue.qsize()
+        if queued == 0 and self.wait.idle:
+            return 0.0  # nothing ahead: always admit, which also re-measures the cost
+        return self.wait.seconds(queued + extra)
 
     def submit(self, items: Sequence[WorkItem]) -> None:
         """Enqueue all items or none of them.
@@ -122,29 +169,27 @@ class DynamicBatcher:
             self._queue.put_nowait(item)
         self._metrics.queue_depth.set(self._queue.qsize())
 
-    def _take(self) -> WorkItem:
-        item = self._queue.get_nowait()
+    def _get(self, timeout: float) -> WorkItem | None:
+        try:
+            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
         self._slots.release()
         return item
 
     def _next_batch(self) -> list[WorkItem]:
-        try:
-            first = self._queue.get(timeout=0.05)
-        except queue.Empty:
+        """The first queued item (waiting up to 50 ms, so shutdown is noticed), then up to
+        ``max_batch`` more that arrive within ``max_wait``."""
+        first = self._get(0.05)
+        if first is None:
             return []
-        self._slots.release()
         batch = [first]
         until = time.perf_counter() + self.max_wait
         while len(batch) < self.max_batch:
-            try:
-                batch.append(self._take())
-                continue
-            except queue.Empty:
-                pass
-            remaining = until - time.perf_counter()
-            if remaining <= 0:
+            item = self._get(until - time.perf_counter())
+            if item is None:
                 break
-            time.sleep(min(remaining, 0.0005))
+            batch.append(item)
         return batch
 
     def _run(self) -> None:
@@ -164,13 +209,16 @@ class DynamicBatcher:
                 live.append(item)
             if not live:
                 continue
-            self._metrics.batch_size.observe(len(live))
-            began = time.perf_counter()
-            try:
-                outcomes = list(self._process(live))
-            except Exception as exc:  # one bad batch must not kill the scan thread
-                outcomes = [exc] * len(live)
-            # Moving average of a batch's time, for admission (estimated_wait).
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (time.perf_counter() - began)
-            for item, outcome in zip(live, outcomes, strict=True):
-                item.resolve(outcome)
+            self._answer(live)
+
+    def _answer(self, live: list[WorkItem]) -> None:
+        self._metrics.batch_size.observe(len(live))
+        began = time.perf_counter()
+        self.wait.started(len(live))
+        try:
+            outcomes = list(self._process(live))
+        except Exception as exc:  # one bad batch must not kill the scan thread
+            outcomes = [exc] * len(live)
+        self.wait.finished(len(live), time.perf_counter() - began)
+        for item, outcome in zip(live, outcomes, strict=True):
+            item.resolve(outcome)

@@ -25,6 +25,3 @@ class DeviceThread:
     def start(self, loop: Callable[[], None]) -> Future[None]:
         """Run a long loop (the batcher) on the device thread."""
         return self._executor.submit(loop)
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True)

@@ -1,4 +1,4 @@
-"""The scan engine: factor residency, a pipelined block reader and a running top-k (SPEC §5).
+"""The scan engine: factor residency, a pipelined block reader and a running top-k (docs/server.md).
 
 A reader stage fills preallocated host buffers with the next row block (a thread copying
 from the memory map for ``disk`` residency) while the compute stage scores the current one;
@@ -15,28 +15,15 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
 
-import psutil
 import torch
 
-from indexer.attribution import ScanQuery, score_block
-from indexer.reader import IndexReader
+from lorif_serve.indexer.core.query import ScanQuery, score_block
+from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.residency import choose_residency, default_block_rows
 
-RESIDENCIES = ("auto", "gpu", "ram", "disk")
 # (host rows, start, stop, seconds the compute stage waited, release the host buffer or None)
 _HostBlock = tuple[torch.Tensor, int, int, float, "Callable[[], None] | None"]
 _BUFFERS = 3
-
-
-def default_block_rows(device: torch.device, residency: str) -> int:
-    """Block sizes measured on the 1 M-row synthetic index (benchmarks/results/serving.md).
-
-    CPU + ram: 1,024 rows keep the fp32 work buffer in cache (0.99 s vs 1.20 s at 8,192).
-    CPU + disk: the reader thread competes for the cores; fewer, longer blocks cost less
-    (1.5 s at 16,384 vs 2.6 s at 8,192 and 3.6 s at 1,024). GPU: long blocks amortize launches.
-    """
-    if device.type == "cuda":
-        return 32768
-    return 16384 if residency == "disk" else 1024
 
 
 @dataclass
@@ -49,25 +36,6 @@ class ScanResult:
     wait_seconds: float  # compute stage blocked on data
     bytes: int
     blocks: int
-
-
-def choose_residency(
-    requested: str, nbytes: int, device: torch.device, gpu_fraction: float, ram_fraction: float
-) -> str:
-    """``auto`` → the fastest residency whose copy fits the configured memory fraction."""
-    if requested not in RESIDENCIES:
-        raise ValueError(f"residency must be one of {RESIDENCIES}, got {requested!r}")
-    if requested == "gpu" and device.type != "cuda":
-        raise ValueError("residency 'gpu' needs a CUDA device")
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if nbytes <= gpu_fraction * free:
-            return "gpu"
-    if nbytes <= ram_fraction * psutil.virtual_memory().available:
-        return "ram"
-    return "disk"
 
 
 class _Merger:
@@ -91,7 +59,8 @@ class _Merger:
         self.scores, self.rows = values, rows
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.scores is not None and self.rows is not None
+        if self.scores is None or self.rows is None:
+            raise RuntimeError("no block was merged")  # scan() refuses an empty index first
         # Sort by score, ties by row, so the ranking is deterministic.
         order = torch.argsort(self.rows, dim=1, stable=True)
         scores, rows = self.scores.gather(1, order), self.rows.gather(1, order)
@@ -205,8 +174,7 @@ class ScanEngine:
             return self._scan(self._on_device(query), top_k, bottom_k)
 
     def _on_device(self, query: ScanQuery) -> ScanQuery:
-        hq = {k: v.to(self.device, self.compute_dtype) for k, v in query.hq.items()}
-        return ScanQuery(hq, energy=query.energy, rank=query.rank)
+        return query.to(self.device, self.compute_dtype)
 
     def _scan(self, query: ScanQuery, top_k: int, bottom_k: int) -> ScanResult:
         best = _Merger(top_k, largest=True)

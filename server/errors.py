@@ -9,40 +9,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from client.models import Problem
+from lorif_serve.client.protocol import Problem
 
 log = logging.getLogger("server")
 
 
 class BodyTooLarge(Exception):
-    """A request body grew past the limit while it was being read."""
-
-
-class BodyLimit:
-    """ASGI middleware counting body bytes as they arrive, so a chunked body without a
-    Content-Length cannot exceed ``limit`` either (declared lengths are checked up front)."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(f"request body over {self.limit} bytes")
-            return message
-
-        await self.app(scope, limited, send)
+    """A request body grew past the limit while it was being read (raised by ``BodyLimit``)."""
 
 
 class ProblemError(Exception):

@@ -7,11 +7,12 @@ from typing import Any, Protocol
 
 import torch
 
-from indexer.attribution import encode_prompt_completion, encoded_gradients
-from indexer.hooks import ProjectedGradients
-from indexer.projection import LayerProjection
+from lorif_serve.indexer.core.gradients import ProjectedGradients
+from lorif_serve.indexer.core.projection import LayerProjection
+from lorif_serve.indexer.core.query import Encoded, query_gradients
+from lorif_serve.indexer.inputs.tokens import encode_prompt_completion
 
-Encoded = tuple[list[int], int]  # token ids, index where the completion (loss) starts
+__all__ = ["Encoded", "Featurizer", "ModelFeaturizer"]
 
 
 class Featurizer(Protocol):
@@ -41,4 +42,4 @@ class ModelFeaturizer:
         return encode_prompt_completion(self.tokenizer, prompt, completion)
 
     def gradients(self, encoded: Sequence[Encoded]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return encoded_gradients(self._capture, encoded, self.device)
+        return query_gradients(self._capture, encoded, self.device)

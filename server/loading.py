@@ -5,20 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from indexer.models import identify, load_model, resolve_device
-from indexer.reader import IndexReader
-
-from .engine import ScanEngine
-from .featurizer import ModelFeaturizer
-from .metrics import ServerMetrics
-from .service import AttributionService, QueryOptions
-from .settings import ServerSettings
+from lorif_serve.errors import StartupError
+from lorif_serve.indexer.inputs.lm import identify, load_model, resolve_device
+from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.engine import ScanEngine
+from lorif_serve.server.featurizer import ModelFeaturizer
+from lorif_serve.server.metrics import ServerMetrics
+from lorif_serve.server.service import AttributionService, QueryOptions
+from lorif_serve.server.settings import ServerSettings
 
 log = logging.getLogger("server")
-
-
-class StartupError(RuntimeError):
-    """The server cannot serve this index with this model; the message says why."""
 
 
 def _model_path(settings: ServerSettings, reader: IndexReader) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from client.models import (
+from lorif_serve.client.protocol import (
     AttributionQuery,
     AttributionResult,
     IndexInfo,
@@ -19,15 +19,14 @@ from client.models import (
     ResultItem,
     Timings,
 )
-from indexer.attribution import ScanQuery, precondition
-from indexer.curvature import Curvature
-from indexer.reader import IndexReader
-
-from .batcher import WorkItem
-from .engine import ScanEngine, ScanResult
-from .errors import ProblemError
-from .featurizer import Encoded, Featurizer
-from .metrics import ServerMetrics
+from lorif_serve.indexer.core.curvature import Curvature
+from lorif_serve.indexer.core.query import ScanQuery, precondition
+from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.batcher import WorkItem
+from lorif_serve.server.engine import ScanEngine, ScanResult
+from lorif_serve.server.errors import ProblemError
+from lorif_serve.server.featurizer import Encoded, Featurizer
+from lorif_serve.server.metrics import ServerMetrics
 
 
 @dataclass

@@ -1,19 +1,17 @@
-import sys
-from pathlib import Path
+"""Session fixtures: a tiny saved model, a small JSONL corpus, the API test index."""
 
-sys.path.insert(0, str(Path(__file__).parent))
+import json
 
-import json  # noqa: E402
+import pytest
+import torch
 
-import pytest  # noqa: E402
+from tests.builders import build_api_index
+from tests.tiny import random_texts, tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """A tiny Llama and its tokenizer saved as a local Hugging Face model directory."""
-    import torch
-    from models import tiny_llama, tiny_tokenizer
-
     path = tmp_path_factory.mktemp("model")
     tiny_llama(dtype=torch.float32).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
@@ -22,8 +20,6 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_file(tmp_path_factory):
-    from models import random_texts
-
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
     with open(path, "w") as handle:
         for i, text in enumerate(random_texts(40, seed=11)):
@@ -31,24 +27,7 @@ def data_file(tmp_path_factory):
     return path
 
 
-def build_small_index(model_dir, data_file, out, *extra):
-    """The CLI build most server-side tests start from (tiny model, f = 2, ≤ 10 tokens)."""
-    from indexer.cli import main
-
-    args = [
-        "build",
-        "--model",
-        str(model_dir),
-        "--data",
-        str(data_file),
-        "--out",
-        str(out),
-        "--projection-factor",
-        "2",
-        "--max-tokens",
-        "10",
-        "--quiet",
-        *extra,
-    ]
-    assert main(args) == 0
-    return out
+@pytest.fixture(scope="session")
+def index_path(tmp_path_factory):
+    """The HTTP tests' index (tests.builders.build_api_index), built once per session."""
+    return build_api_index(tmp_path_factory.mktemp("api") / "api.h5")

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from indexer.factors import LayerSpec
+from lorif_serve.indexer.core.factors import LayerSpec
 
 
 class FakeFeaturizer:

@@ -1,15 +1,12 @@
 """The client SDK against a real uvicorn on a loopback port."""
 
 import asyncio
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
-from test_server_api import brute_force, index_path, make_app  # noqa: F401
 
-from client import (
+from lorif_serve.client import (
     APIConnectionError,
     APITimeoutError,
     AsyncClient,
@@ -19,40 +16,19 @@ from client import (
     RetryPolicy,
     ServiceUnavailableError,
 )
-from client.cli import main as cli_main
-
-
-class LiveServer:
-    def __init__(self, app):
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
+from lorif_serve.client.cli import main as cli_main
+from tests.builders import LiveServer, brute_force, make_app
 
 
 @pytest.fixture
-def live(index_path):  # noqa: F811
+def live(index_path):
     app, fake = make_app(index_path)
     with LiveServer(app) as server:
         server.fake = fake
         yield server
 
 
-def test_happy_path_sync_and_async(live, index_path):  # noqa: F811
+def test_happy_path_sync_and_async(live, index_path):
     scores, ids = brute_force(index_path, live.fake, [("the", "market rose"), ("", "goal")])
     with Client(live.url) as client:
         assert client.health().status == "ready"
@@ -137,7 +113,7 @@ def test_connection_errors_are_retried_then_typed():
     assert len(attempts) == 3
 
 
-def test_timeout(index_path):  # noqa: F811
+def test_timeout(index_path):
     app, _ = make_app(index_path, delay=1.0)
     with (
         LiveServer(app) as server,
@@ -147,7 +123,7 @@ def test_timeout(index_path):  # noqa: F811
             client.attribute("", "slow")
 
 
-def test_auth_and_typed_errors(index_path, monkeypatch):  # noqa: F811
+def test_auth_and_typed_errors(index_path, monkeypatch):
     app, _ = make_app(index_path, api_keys=["secret"])
     with LiveServer(app) as server:
         with Client(server.url) as client, pytest.raises(AuthenticationError) as caught:

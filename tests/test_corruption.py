@@ -4,11 +4,13 @@ import shutil
 
 import h5py
 import pytest
-from models import loaded, random_texts
 
-from indexer import IndexConfig, IndexFileError, IndexReader, build_index, schema
-from indexer.cli import main
-from indexer.data import Record, make_examples
+from lorif_serve.indexer import IndexConfig, IndexFileError, IndexReader, build_index
+from lorif_serve.indexer.cli import main
+from lorif_serve.indexer.inputs.examples import make_examples
+from lorif_serve.indexer.inputs.records import Record
+from lorif_serve.indexer.store import schema
+from tests.tiny import loaded, random_texts
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,11 @@
 import json
 
 import pytest
-from models import tiny_tokenizer
 
-from indexer.data import DataError, make_examples, read_records
+from lorif_serve.errors import DataError
+from lorif_serve.indexer.inputs.examples import make_examples
+from lorif_serve.indexer.inputs.records import read_records
+from tests.tiny import tiny_tokenizer
 
 TOKENIZER = tiny_tokenizer()
 

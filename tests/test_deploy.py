@@ -1,6 +1,6 @@
 """The deploy/ nginx config in front of real server processes: spread, failover, drain.
 
-Each replica is started exactly as the container starts it (``python -m server`` configured
+Each replica is started exactly as the container starts it (``lorif-serve`` configured
 by LORIF_* variables); nginx runs the very config in deploy/nginx, re-targeted at loopback.
 """
 
@@ -19,21 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import build_small_index
 
-from client import Client, RetryPolicy
+from lorif_serve.client import Client, RetryPolicy
+from tests.builders import build_small_index, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 DEPLOY_CONF = Path(__file__).parent.parent / "deploy" / "nginx" / "attribution.conf"
 QUERY = {"prompt": "the market", "completion": "shares rose more", "top_k": 5}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def render_nginx(folder: Path, listen: int, upstreams: list[int]) -> Path:
@@ -76,7 +68,9 @@ class Replica:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Replica:
-        self.process = subprocess.Popen([sys.executable, "-m", "server"], env=self.env)
+        # The container's entry point: the installed console script.
+        script = Path(sys.executable).with_name("lorif-serve")
+        self.process = subprocess.Popen([str(script)], env=self.env)
         return self
 
     def wait_ready(self, timeout: float = 90) -> None:

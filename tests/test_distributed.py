@@ -10,35 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import IndexFileError, IndexReader, schema
-from indexer.attribution import ScanQuery, score_block
-from indexer.cli import main as index_main
-from indexer.distributed import shard_path, shard_rows
+from lorif_serve.indexer import IndexFileError, IndexReader
+from lorif_serve.indexer.build.distributed import shard_path, shard_rows
+from lorif_serve.indexer.cli import main as index_main
+from lorif_serve.indexer.core.query import ScanQuery, score_block
+from lorif_serve.indexer.store import schema
+from tests import builders
 
 
 def build_args(model_dir, data_file, out):
-    return [
-        "build",
-        "--model",
-        str(model_dir),
-        "--data",
-        str(data_file),
-        "--out",
-        str(out),
-        "--projection-factor",
-        "2",
-        "--factor-rank",
-        "2",
-        "--curvature-rank",
-        "8",
-        "--max-tokens",
-        "8",
-        "--batch-size",
-        "3",
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
+    return builders.build_args(
+        model_dir, data_file, out, factor_rank=2, curvature_rank=8, max_tokens=8, batch_size=3
+    ) + ["--device", "cpu"]
 
 
 def torchrun(args, processes=2):
@@ -160,12 +143,11 @@ def test_rerun_is_complete_and_resume_after_a_rank_dies(model_dir, data_file, tm
 
 
 def live_server_for(index):
-    from test_client import LiveServer
-
-    from server.app import create_app
-    from server.loading import load_service
-    from server.metrics import ServerMetrics
-    from server.settings import ServerSettings
+    from lorif_serve.server.app import create_app
+    from lorif_serve.server.loading import load_service
+    from lorif_serve.server.metrics import ServerMetrics
+    from lorif_serve.server.settings import ServerSettings
+    from tests.builders import LiveServer
 
     settings = ServerSettings(index=index, device="cpu")
     return LiveServer(create_app(settings, load_service(settings, ServerMetrics())))
@@ -177,7 +159,7 @@ def test_coordinator_over_shards_equals_one_server(builds):
 
     from fastapi.testclient import TestClient
 
-    from server.coordinator import CoordinatorSettings, create_coordinator_app
+    from lorif_serve.server.coordinator.app import CoordinatorSettings, create_coordinator_app
 
     _, sharded = builds
     queries = [

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from models import random_sequences, tiny_gpt2, tiny_llama
 
-from indexer.hooks import ProjectedGradients, collate, token_summed_loss
-from indexer.layers import find_layers
-from indexer.projection import make_projection
+from lorif_serve.indexer.core.gradients import ProjectedGradients, collate, token_summed_loss
+from lorif_serve.indexer.core.projection import make_projection
+from lorif_serve.indexer.inputs.layers import find_layers
+from tests.tiny import random_sequences, tiny_gpt2, tiny_llama
 
 
 def naive_projected(model, layers, projections, tokens, loss_start):

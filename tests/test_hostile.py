@@ -12,14 +12,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from test_client import LiveServer
-from test_server_api import index_path, make_app  # noqa: F401
+
+from tests.builders import LiveServer, make_app
 
 FUZZ_CASES = int(os.environ.get("LORIF_FUZZ_CASES", "100"))
 KEY = {"Authorization": "Bearer fuzz-key"}
 
 
-def test_fuzzed_requests_get_documented_answers(index_path):  # noqa: F811
+def test_fuzzed_requests_get_documented_answers(index_path):
     """No 5xx, and every response (errors included) matches the OpenAPI document."""
     app, _ = make_app(index_path, max_body_bytes=20_000, api_keys=["fuzz-key"])
     with TestClient(app):  # lifespan: ready, batcher running
@@ -51,7 +51,7 @@ def test_fuzzed_requests_get_documented_answers(index_path):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def live(index_path):  # noqa: F811
+def live(index_path):
     app, _ = make_app(index_path, max_body_bytes=10_000, api_keys=["sekrit-key"])
     with LiveServer(app) as server:
         yield server

@@ -3,18 +3,21 @@
 import h5py
 import numpy as np
 import torch
-from models import loaded, random_texts
 
-from indexer import IndexConfig, IndexReader, build_index, schema
-from indexer.attribution import ScanQuery, featurize, precondition, score_block
-from indexer.cli import main
-from indexer.data import make_examples, read_records
-from indexer.hooks import ProjectedGradients, collate
+from lorif_serve.indexer import IndexConfig, IndexReader, build_index
+from lorif_serve.indexer.cli import main
+from lorif_serve.indexer.core.gradients import ProjectedGradients, collate
+from lorif_serve.indexer.core.query import ScanQuery, precondition, score_block
+from lorif_serve.indexer.inputs.examples import make_examples
+from lorif_serve.indexer.inputs.records import read_records
+from lorif_serve.indexer.store import schema
+from tests.builders import build_args, featurize
+from tests.tiny import loaded, random_texts
 
 
 def examples_for(model, count=30, max_tokens=12):
     records = iter([])
-    from indexer.data import Record
+    from lorif_serve.indexer.inputs.records import Record
 
     records = [Record(f"d{i}", "mem", text=t) for i, t in enumerate(random_texts(count, seed=5))]
     return make_examples(iter(records), model.tokenizer, max_tokens)[0]
@@ -36,32 +39,20 @@ QUERIES = [("the market", "shares rose more"), ("", "film star music award")]
 
 def test_cli_index_scores_equal_in_memory_scores(model_dir, data_file, tmp_path):
     out = tmp_path / "cli.h5"
-    args = [
-        "build",
-        "--model",
-        str(model_dir),
-        "--data",
-        str(data_file),
-        "--out",
-        str(out),
-        "--projection-factor",
-        "2",
-        "--factor-rank",
-        "2",
-        "--curvature-rank",
-        "16",
-        "--dtype",
-        "fp32",
-        "--max-tokens",
-        "10",
-        "--batch-size",
-        "8",
-        "--quiet",
-    ]
+    args = build_args(
+        model_dir,
+        data_file,
+        out,
+        factor_rank=2,
+        curvature_rank=16,
+        dtype="fp32",
+        max_tokens=10,
+        batch_size=8,
+    )
     assert main(args) == 0
     assert main(["verify", str(out)]) == 0
     assert main(["info", str(out)]) == 0
-    from indexer.models import load_model
+    from lorif_serve.indexer.inputs.lm import load_model
 
     model = load_model(model_dir, "cpu", "float32")
     with IndexReader(out) as reader:
@@ -113,7 +104,7 @@ def test_dense_full_rank_equals_exact_damped_influence(tmp_path):
         h = flat.T @ flat + 0.05 * torch.eye(flat.shape[1], dtype=torch.float64)
         gq = q.grads[name].reshape(len(QUERIES), -1)
         expected += torch.linalg.solve(h, gq.T).T @ flat.T
-    # V and the stored G are float32 (SPEC §3): agreement to float32 accuracy.
+    # V and the stored G are float32 (docs/index-format.md): agreement to float32 accuracy.
     torch.testing.assert_close(scores, expected, rtol=1e-3, atol=2e-5 * expected.abs().max().item())
 
 
@@ -196,8 +187,8 @@ def test_storage_dtypes_round_trip(tmp_path):
 def test_prompt_masking_changes_the_gradient():
     model = loaded()
     capture_specs = {}
-    from indexer.layers import find_layers
-    from indexer.projection import make_projection
+    from lorif_serve.indexer.core.projection import make_projection
+    from lorif_serve.indexer.inputs.layers import find_layers
 
     for layer in find_layers(model.model):
         capture_specs[layer.name] = make_projection(

@@ -13,8 +13,8 @@ import time
 import httpx
 import psutil
 import pytest
-from conftest import build_small_index
-from test_deploy import free_port
+
+from tests.builders import build_small_index, free_port
 
 QUERY = {"prompt": "the market", "completion": "shares rose more", "top_k": 5, "return_text": False}
 

@@ -3,9 +3,14 @@
 import pytest
 import torch
 
-from indexer.curvature import RandomizedEigenSolver, resolve_damping
-from indexer.factors import LayerSpec, RowLayout, dense_from_factors, low_rank_factors
-from indexer.scoring import (
+from lorif_serve.indexer.core.curvature import RandomizedEigenSolver, resolve_damping
+from lorif_serve.indexer.core.factors import (
+    LayerSpec,
+    RowLayout,
+    dense_from_factors,
+    low_rank_factors,
+)
+from lorif_serve.indexer.core.scoring import (
     factor_query,
     score_dense,
     score_factored,

@@ -8,34 +8,23 @@ import h5py
 import numpy as np
 import pytest
 
-from indexer import schema
-from indexer.cli import main
+from lorif_serve.indexer.cli import main
+from lorif_serve.indexer.store import schema
+from tests import builders
 
 
 def build_args(model_dir, data_file, out, *extra):
-    return [
-        "build",
-        "--model",
-        str(model_dir),
-        "--data",
-        str(data_file),
-        "--out",
-        str(out),
-        "--projection-factor",
-        "2",
-        "--factor-rank",
-        "2",
-        "--curvature-rank",
-        "8",
-        "--max-tokens",
-        "8",
-        "--batch-size",
-        "4",
-        "--checkpoint-rows",
-        "8",
-        "--quiet",
+    return builders.build_args(
+        model_dir,
+        data_file,
+        out,
         *extra,
-    ]
+        factor_rank=2,
+        curvature_rank=8,
+        max_tokens=8,
+        batch_size=4,
+        checkpoint_rows=8,
+    )
 
 
 def run_cli(args, crash_at=None):
@@ -189,12 +178,12 @@ def test_full_disk_is_a_clear_error_and_the_build_resumes(
 def test_disk_full_while_writing_is_reported(model_dir, data_file, tmp_path, monkeypatch, capsys):
     import errno
 
-    from indexer import build as build_module
+    from lorif_serve.indexer.build import pipeline
 
     def no_space(*_args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(build_module, "_run_phases", no_space)
+    monkeypatch.setattr(pipeline, "factor_phase", no_space)
     assert main(build_args(model_dir, data_file, tmp_path / "x.h5")) == 2
     assert "out of disk space while writing" in capsys.readouterr().err
 

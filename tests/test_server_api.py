@@ -6,63 +6,10 @@ import re
 import httpx
 import pytest
 import torch
-from fakes import FakeFeaturizer
 from fastapi.testclient import TestClient
-from models import loaded, random_texts
 
-from indexer import IndexConfig, IndexReader, build_index
-from indexer.attribution import ScanQuery, precondition, score_block
-from indexer.data import Record, make_examples
-from server.app import create_app
-from server.engine import ScanEngine
-from server.metrics import ServerMetrics
-from server.service import AttributionService
-from server.settings import ServerSettings
-
-N_DOCS = 70
-
-
-@pytest.fixture(scope="module")
-def index_path(tmp_path_factory):
-    model = loaded(dtype=torch.float32)
-    records = [
-        Record(f"doc{i}", "mem", text=t, metadata={"topic": f"t{i % 3}"})
-        for i, t in enumerate(random_texts(N_DOCS, seed=4))
-    ]
-    examples = make_examples(iter(records), model.tokenizer, 10)[0]
-    path = tmp_path_factory.mktemp("api") / "api.h5"
-    config = IndexConfig(projection_factor=2, factor_rank=2, curvature_rank=6, dtype="fp32")
-    build_index(model, examples, path, config, progress=False)
-    return path
-
-
-def make_app(index_path, residency="ram", block_rows=16, delay=0.0, **settings):
-    reader = IndexReader(index_path)
-    fake = FakeFeaturizer(reader.layers, delay)
-    engine = ScanEngine(reader, torch.device("cpu"), residency, block_rows)
-    service = AttributionService(
-        reader, fake, engine, ServerMetrics(), settings.pop("max_query_tokens", 2048)
-    )
-    app = create_app(ServerSettings(index=index_path, **settings), service)
-    return app, fake
-
-
-def brute_force(index_path, fake, queries, layers=None):
-    """Scores of every row, float64, the whole index in one block."""
-    with IndexReader(index_path) as reader:
-        grads = [fake.query_gradients(*fake.encode(p, c)) for p, c in queries]
-        stacked = {s.name: torch.stack([g[s.name] for g in grads]).double() for s in reader.layers}
-        curv = {
-            s.name: reader.curvature(i).to("cpu", torch.float64)
-            for i, s in enumerate(reader.layers)
-        }
-        hq = precondition(reader.layers, curv, stacked)
-        if layers is not None:
-            hq = {k: v for k, v in hq.items() if k in layers}
-        scores = score_block(
-            reader.layout, reader.rows(0, reader.n_examples).double(), ScanQuery(hq)
-        )
-        return scores, reader.example_ids()
+from lorif_serve.indexer import IndexReader
+from tests.builders import brute_force, make_app
 
 
 def check(result, scores, ids, k, opponents=False):

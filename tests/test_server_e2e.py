@@ -5,17 +5,18 @@ import sys
 
 import pytest
 import torch
-from conftest import build_small_index
 from fastapi.testclient import TestClient
 
-from indexer import IndexReader
-from indexer.attribution import ScanQuery, featurize, precondition, score_block
-from indexer.hooks import ProjectedGradients
-from indexer.models import load_model
-from server.app import create_app
-from server.loading import StartupError, load_service
-from server.metrics import ServerMetrics
-from server.settings import ServerSettings
+from lorif_serve.errors import StartupError
+from lorif_serve.indexer import IndexReader
+from lorif_serve.indexer.core.gradients import ProjectedGradients
+from lorif_serve.indexer.core.query import ScanQuery, precondition, score_block
+from lorif_serve.indexer.inputs.lm import load_model
+from lorif_serve.server.app import create_app
+from lorif_serve.server.loading import load_service
+from lorif_serve.server.metrics import ServerMetrics
+from lorif_serve.server.settings import ServerSettings
+from tests.builders import build_small_index, featurize
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_model_defaults_to_the_index_record(real_index):
 
 
 def test_refuses_another_model(real_index, tmp_path):
-    from models import tiny_llama, tiny_tokenizer
+    from tests.tiny import tiny_llama, tiny_tokenizer
 
     other = tmp_path / "other"
     tiny_llama(seed=1, dtype=torch.float32).save_pretrained(other)

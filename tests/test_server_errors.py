@@ -1,10 +1,12 @@
 """Every documented error status, with the problem-details body."""
 
 import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
-from test_server_api import index_path, make_app  # noqa: F401  (fixture)
+
+from tests.builders import make_app
 
 QUERY = {"prompt": "p", "completion": "c"}
 
@@ -31,7 +33,7 @@ def assert_problem(response, status):
         ({"queries": []}, "queries"),
     ],
 )
-def test_422(index_path, body, fragment):  # noqa: F811
+def test_422(index_path, body, fragment):
     app, _ = make_app(index_path)
     with TestClient(app) as client:
         assert fragment in assert_problem(client.post("/v1/attributions", json=body), 422)["detail"]
@@ -41,7 +43,7 @@ def test_422(index_path, body, fragment):  # noqa: F811
         assert_problem(bad_json, 422)
 
 
-def test_413_tokens_and_body(index_path):  # noqa: F811
+def test_413_tokens_and_body(index_path):
     app, _ = make_app(index_path, max_query_tokens=8, max_body_bytes=4096)
     with TestClient(app) as client:
         body = assert_problem(
@@ -52,7 +54,7 @@ def test_413_tokens_and_body(index_path):  # noqa: F811
         assert_problem(client.post("/v1/attributions", json=big), 413)
 
 
-def test_401_api_keys(index_path):  # noqa: F811
+def test_401_api_keys(index_path):
     app, _ = make_app(index_path, api_keys=["k1", "k2"])
     with TestClient(app) as client:
         body = assert_problem(client.post("/v1/attributions", json=QUERY), 401)
@@ -68,7 +70,7 @@ def test_401_api_keys(index_path):  # noqa: F811
         assert_problem(client.get("/metrics"), 401)
 
 
-def test_503_queue_full_with_retry_after(index_path):  # noqa: F811
+def test_503_queue_full_with_retry_after(index_path):
     app, fake = make_app(index_path, max_queue=1, max_batch=1, retry_after_s=3)
     fake.gate.clear()  # the scan thread blocks inside its first batch
     with TestClient(app) as client:
@@ -83,7 +85,7 @@ def test_503_queue_full_with_retry_after(index_path):  # noqa: F811
             target=lambda: results.update(b=client.post("/v1/attributions", json=QUERY))
         )
         second.start()  # fills the one queue slot
-        while app.state.batcher.depth < 1:
+        while app.state.serving.batcher.depth < 1:
             pass
         third = client.post("/v1/attributions", json=QUERY)
         body = assert_problem(third, 503)
@@ -94,7 +96,7 @@ def test_503_queue_full_with_retry_after(index_path):  # noqa: F811
         assert results["a"].status_code == 200 and results["b"].status_code == 200
 
 
-def test_503_when_not_ready(index_path):  # noqa: F811
+def test_503_when_not_ready(index_path):
     app, _ = make_app(index_path)
     client = TestClient(app)  # not entered: no lifespan, not ready
     assert_problem(client.get("/readyz"), 503)
@@ -104,14 +106,14 @@ def test_503_when_not_ready(index_path):  # noqa: F811
     assert client.get("/healthz").json() == {"status": "ok", "detail": None}
 
 
-def test_504_timeout(index_path):  # noqa: F811
+def test_504_timeout(index_path):
     app, _ = make_app(index_path, delay=0.5, request_timeout_s=0.1)
     with TestClient(app) as client:
         body = assert_problem(client.post("/v1/attributions", json=QUERY), 504)
         assert "0.1 s" in body["detail"]
 
 
-def test_500_never_leaks_a_trace(index_path):  # noqa: F811
+def test_500_never_leaks_a_trace(index_path):
     app, fake = make_app(index_path)
     fake.gradients = lambda encoded: 1 / 0
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -119,7 +121,7 @@ def test_500_never_leaks_a_trace(index_path):  # noqa: F811
         assert "ZeroDivision" not in body["detail"]
 
 
-def test_openapi_declares_errors_and_info_routes(index_path):  # noqa: F811
+def test_openapi_declares_errors_and_info_routes(index_path):
     app, _ = make_app(index_path)
     with TestClient(app) as client:
         spec = client.get("/openapi.json").json()
@@ -140,3 +142,31 @@ def test_openapi_declares_errors_and_info_routes(index_path):  # noqa: F811
             "lorif_scan_wait_seconds_total",
         ):
             assert name in metrics
+
+
+def test_admission_recovers_after_slow_batches_time_out(index_path):
+    """Slow batches that ended in 504 must not make an idle server refuse everything."""
+    app, fake = make_app(index_path, request_timeout_s=0.5, max_batch=64)
+    batch = {"queries": [{**QUERY, "completion": f"shares rose {i}"} for i in range(64)]}
+    with TestClient(app) as client:
+        fake.delay = 1.5  # each batch outlives the request timeout
+        for _ in range(2):
+            assert_problem(client.post("/v1/attributions", json=batch), 504)
+            while not app.state.serving.batcher.wait.idle:
+                time.sleep(0.01)
+        fake.delay = 0.0
+        # Nothing is queued or in flight: the server admits the query (and re-measures).
+        assert client.post("/v1/attributions", json=QUERY).status_code == 200
+
+
+def test_wait_estimate_scales_with_the_queries_ahead():
+    from lorif_serve.server.batcher import WaitEstimate
+
+    estimate = WaitEstimate(smoothing=1.0)
+    assert estimate.idle and estimate.seconds(0) == 0.0
+    estimate.started(16)
+    estimate.finished(16, 1.6)  # a real model featurizes every query: 0.1 s each
+    assert estimate.seconds(5) == pytest.approx(0.5)
+    assert estimate.seconds(50) == pytest.approx(5.0)
+    estimate.started(10)  # in flight: what it has left counts too
+    assert 0.9 < estimate.seconds(0) <= 1.0

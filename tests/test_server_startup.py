@@ -8,12 +8,14 @@ import sys
 import h5py
 import pytest
 import torch
-from conftest import build_small_index
 
-from indexer import IndexFileError, IndexReader, schema
-from server.loading import StartupError, load_service
-from server.metrics import ServerMetrics
-from server.settings import ServerSettings
+from lorif_serve.errors import StartupError
+from lorif_serve.indexer import IndexFileError, IndexReader
+from lorif_serve.indexer.store import schema
+from lorif_serve.server.loading import load_service
+from lorif_serve.server.metrics import ServerMetrics
+from lorif_serve.server.settings import ServerSettings
+from tests.builders import build_small_index
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def test_missing_dataset_and_wrong_version(copy, model_dir):
 
 
 def test_index_for_another_model(good, tmp_path):
-    from models import tiny_llama, tiny_tokenizer
+    from tests.tiny import tiny_llama, tiny_tokenizer
 
     other = tmp_path / "other"
     tiny_llama(seed=5, dtype=torch.float32).save_pretrained(other)
@@ -107,7 +109,7 @@ def test_command_line_refuses_with_the_reason(copy, model_dir):
 def test_serving_never_writes_to_the_index(good, model_dir):
     from fastapi.testclient import TestClient
 
-    from server.app import create_app
+    from lorif_serve.server.app import create_app
 
     before = hashlib.sha256(good.read_bytes()).hexdigest(), good.stat().st_mtime_ns
     settings = ServerSettings(index=good, model=model_dir, device="cpu", residency="disk")

@@ -12,9 +12,9 @@ import json
 import time
 from pathlib import Path
 
-from indexer import IndexConfig, build_index
-from indexer.cli import print_info, print_summary
-from indexer.reader import IndexReader
+from lorif_serve.indexer import IndexConfig, build_index
+from lorif_serve.indexer.cli import print_info, print_summary
+from lorif_serve.indexer.store.reader import IndexReader
 
 from .corpus import load_articles, split, write_jsonl
 from .serve import serve_and_query

@@ -10,14 +10,25 @@ import sys
 import time
 from pathlib import Path
 
-from client import AttributionError, Client, RetryPolicy
-from client.cli import render
+from lorif_serve.client import AttributionError, Client, RetryPolicy
+from lorif_serve.client.cli import render
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def server_command(index: Path, model_dir: Path, port: int, device: str, *extra: str) -> list[str]:
+    """``python -m server`` on a loopback port, quiet logs."""
+    return [
+        sys.executable,
+        "-m",
+        "server",
+        *("--index", str(index), "--model", str(model_dir), "--port", str(port)),
+        *("--device", device, "--log-level", "warning", *extra),
+    ]
 
 
 def demo_query(held_out_file: Path) -> tuple[str, str, str]:
@@ -44,21 +55,7 @@ def wait_ready(client: Client, process: subprocess.Popen[bytes], timeout: float 
 def serve_and_query(index: Path, model_dir: Path, held_out_file: Path, device: str) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "server",
-        "--index",
-        str(index),
-        "--model",
-        str(model_dir),
-        "--port",
-        str(port),
-        "--device",
-        device,
-        "--log-level",
-        "warning",
-    ]
+    command = server_command(index, model_dir, port, device)
     print(f"\nstarting: {' '.join(command)}")
     process = subprocess.Popen(command)
     try:

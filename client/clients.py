@@ -1,0 +1,241 @@
+"""``Client`` and ``AsyncClient``: one request path each, retries as a policy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from lorif_serve.client.errors import APIConnectionError, APITimeoutError, error_for_status
+from lorif_serve.client.protocol import (
+    AttributionQuery,
+    AttributionResponse,
+    Health,
+    IndexInfo,
+    Problem,
+)
+
+API_KEY_ENV = "LORIF_API_KEY"
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; ``Retry-After`` is honoured up to ``max_delay``."""
+
+    max_retries: int = 3
+    initial_delay: float = 0.25
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after is not None:
+            try:
+                return min(max(float(retry_after), 0.0), self.max_delay)
+            except ValueError:
+                pass
+        return random.uniform(0, min(self.max_delay, self.initial_delay * 2**attempt))
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    problem = None
+    try:
+        problem = Problem.model_validate_json(response.content)
+    except ValidationError:
+        pass
+    raise error_for_status(response.status_code, problem, response.text)
+
+
+def _retry_delay(
+    policy: RetryPolicy,
+    attempt: int,
+    response: httpx.Response | None = None,
+    error: httpx.TransportError | None = None,
+) -> float:
+    """Seconds to wait before the next attempt, or raise the final, typed error."""
+    final = attempt >= policy.max_retries
+    if error is not None:
+        if final:
+            kind = (
+                APITimeoutError if isinstance(error, httpx.TimeoutException) else APIConnectionError
+            )
+            raise kind(str(error) or type(error).__name__) from error
+        return policy.delay(attempt, None)
+    assert response is not None
+    if final or response.status_code not in RETRY_STATUSES:
+        _raise_for(response)
+    return policy.delay(attempt, response.headers.get("retry-after"))
+
+
+def _request_body(prompt: str, completion: str, **options: Any) -> dict[str, Any]:
+    return AttributionQuery(prompt=prompt, completion=completion, **options).model_dump(
+        exclude_none=True
+    )
+
+
+def _batch_body(queries: list[AttributionQuery] | list[dict[str, Any]]) -> dict[str, Any]:
+    parsed = [q if isinstance(q, AttributionQuery) else AttributionQuery(**q) for q in queries]
+    return {"queries": [q.model_dump(exclude_none=True) for q in parsed]}
+
+
+class Client:
+    """Synchronous client.
+
+    Args:
+        url: the server's base URL, e.g. ``http://127.0.0.1:8000``.
+        api_key: bearer key; default ``$LORIF_API_KEY``.
+        timeout: seconds per attempt.
+        retry: the retry policy (connection errors, 408/409/429/5xx).
+        transport: an httpx transport (tests inject ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.Client(
+            base_url=url, headers=_headers(api_key), timeout=timeout, transport=transport
+        )
+
+    def _send(self, method: str, path: str, model: type[M], json: Any = None) -> M:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, json=json)
+            except httpx.TransportError as exc:
+                delay = _retry_delay(self.retry, attempt, error=exc)
+            else:
+                if response.is_success:
+                    return model.model_validate_json(response.content)
+                delay = _retry_delay(self.retry, attempt, response=response)
+            time.sleep(delay)
+            attempt += 1
+
+    def attribute(
+        self,
+        prompt: str,
+        completion: str,
+        top_k: int = 10,
+        opponents: bool = False,
+        return_text: bool = True,
+        layers: list[str] | None = None,
+    ) -> AttributionResponse:
+        """Top-k proponents (and optionally opponents) of ``completion`` given ``prompt``."""
+        body = _request_body(
+            prompt,
+            completion,
+            top_k=top_k,
+            opponents=opponents,
+            return_text=return_text,
+            layers=layers,
+        )
+        return self._send("POST", "/v1/attributions", AttributionResponse, body)
+
+    def attribute_batch(
+        self, queries: list[AttributionQuery] | list[dict[str, Any]]
+    ) -> AttributionResponse:
+        """Several queries answered by one scan; results under ``.batch`` in order."""
+        return self._send("POST", "/v1/attributions", AttributionResponse, _batch_body(queries))
+
+    def index_info(self) -> IndexInfo:
+        return self._send("GET", "/v1/index", IndexInfo)
+
+    def health(self) -> Health:
+        return self._send("GET", "/readyz", Health)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client`; same arguments (transport: an async transport)."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(
+            base_url=url, headers=_headers(api_key), timeout=timeout, transport=transport
+        )
+
+    async def _send(self, method: str, path: str, model: type[M], json: Any = None) -> M:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(method, path, json=json)
+            except httpx.TransportError as exc:
+                delay = _retry_delay(self.retry, attempt, error=exc)
+            else:
+                if response.is_success:
+                    return model.model_validate_json(response.content)
+                delay = _retry_delay(self.retry, attempt, response=response)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def attribute(
+        self,
+        prompt: str,
+        completion: str,
+        top_k: int = 10,
+        opponents: bool = False,
+        return_text: bool = True,
+        layers: list[str] | None = None,
+    ) -> AttributionResponse:
+        body = _request_body(
+            prompt,
+            completion,
+            top_k=top_k,
+            opponents=opponents,
+            return_text=return_text,
+            layers=layers,
+        )
+        return await self._send("POST", "/v1/attributions", AttributionResponse, body)
+
+    async def attribute_batch(
+        self, queries: list[AttributionQuery] | list[dict[str, Any]]
+    ) -> AttributionResponse:
+        return await self._send(
+            "POST", "/v1/attributions", AttributionResponse, _batch_body(queries)
+        )
+
+    async def index_info(self) -> IndexInfo:
+        return await self._send("GET", "/v1/index", IndexInfo)
+
+    async def health(self) -> Health:
+        return await self._send("GET", "/readyz", Health)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

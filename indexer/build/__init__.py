@@ -1,0 +1,1 @@
+"""The build pipeline: plan, factor and curvature phases, journal, shards, crash points."""

@@ -1,0 +1,167 @@
+"""Per-example projected gradients of every tracked layer in one forward/backward (docs/method.md).
+
+For a layer with inputs X (T, I) and output gradients δY (T, O) the gradient of the
+example's loss w.r.t. the weight is δYᵀX (nn.Linear) or XᵀδY (Conv1D); both project to
+G = (X P_in)ᵀ (δY P_out) (d1, d2), so hooks on inputs and outputs serve both layer kinds and
+the I×O gradient is never formed. Weight gradients are switched off: only activation
+gradients flow, which is what makes the pass cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lorif_serve.indexer.core.projection import LayerProjection
+
+IGNORE = -100  # label value that contributes no loss (prompt tokens, padding)
+
+
+@dataclass
+class TokenBatch:
+    """A right-padded batch. ``labels[b, t]`` is the target for predicting token t, or IGNORE."""
+
+    input_ids: torch.Tensor  # (B, T) int64
+    attention_mask: torch.Tensor  # (B, T) int64, 1 = real token
+    labels: torch.Tensor  # (B, T) int64
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
+        )
+
+
+def collate(sequences: list[list[int]], loss_starts: list[int], pad_id: int = 0) -> TokenBatch:
+    """Right-pad token sequences; tokens before ``loss_starts[b]`` are context (no loss)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
+    for row, (tokens, start) in enumerate(zip(sequences, loss_starts, strict=True)):
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, : len(tokens)] = 1
+        labels[row, start : len(tokens)] = ids[row, start : len(tokens)]
+    return TokenBatch(ids, mask, labels)
+
+
+def token_summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example causal cross-entropy summed over the labelled tokens. Returns (B,)."""
+    shifted = (
+        logits[:, :-1].float()
+        if logits.dtype in (torch.float16, torch.bfloat16)
+        else logits[:, :-1]
+    )
+    targets = labels[:, 1:]
+    per_token = nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).view(targets.shape)
+    return per_token.sum(dim=1)
+
+
+@contextmanager
+def _weights_frozen(model: nn.Module) -> Iterator[None]:
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    model.eval()  # attribution is about the deployed function: no dropout
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class ProjectedGradients:
+    """Computes {layer: (B, d1, d2)} projected per-example gradients for a model.
+
+    Args:
+        model: a Hugging Face causal LM (anything whose forward takes ``input_ids`` and
+            ``attention_mask`` and returns ``.logits``).
+        projections: one LayerProjection per tracked module name.
+    """
+
+    def __init__(self, model: nn.Module, projections: Mapping[str, LayerProjection]) -> None:
+        modules = dict(model.named_modules())
+        missing = [name for name in projections if name not in modules]
+        if missing:
+            raise ValueError(f"model has no module named {missing[:5]}")
+        self.model = model
+        self.projections = dict(projections)
+        self._modules = {name: modules[name] for name in projections}
+        self._cache: dict[tuple[str, torch.device, torch.dtype], LayerProjection] = {}
+
+    def _projection(self, name: str, like: torch.Tensor) -> LayerProjection:
+        dtype = torch.promote_types(like.dtype, torch.float32)
+        key = (name, like.device, dtype)
+        if key not in self._cache:
+            self._cache[key] = self.projections[name].to(like.device, dtype)
+        return self._cache[key]
+
+    def __call__(self, batch: TokenBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Returns ({layer: G (B, d1, d2)}, per-example loss (B,))."""
+        grads: dict[str, torch.Tensor] = {}
+        seen: set[str] = set()
+        handles = [self._embedding_hook()]
+        mask = batch.attention_mask.unsqueeze(-1)
+        for name, module in self._modules.items():
+            hook = self._forward_hook(name, mask, grads, seen)
+            handles.append(module.register_forward_hook(hook))
+        try:
+            with _weights_frozen(self.model), torch.enable_grad():
+                self._embeds: torch.Tensor | None = None
+                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+                losses = token_summed_loss(out.logits, batch.labels)
+                if self._embeds is None:
+                    raise RuntimeError("the model never called its input embeddings")
+                torch.autograd.backward(losses.sum(), inputs=[self._embeds])
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._embeds = None
+        not_seen = set(self._modules) - set(grads)
+        if not_seen:
+            raise RuntimeError(f"tracked layers got no gradient: {sorted(not_seen)[:5]}")
+        return grads, losses.detach()
+
+    def _embedding_hook(self) -> torch.utils.hooks.RemovableHandle:
+        embeddings = self.model.get_input_embeddings()  # type: ignore[operator]
+
+        def hook(
+            _module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> None:
+            # With frozen weights nothing upstream needs a gradient: make the embedding
+            # output the leaf from which activation gradients flow.
+            output.requires_grad_(True)
+            self._embeds = output
+
+        return embeddings.register_forward_hook(hook)
+
+    def _forward_hook(
+        self, name: str, mask: torch.Tensor, grads: dict[str, torch.Tensor], seen: set[str]
+    ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def hook(
+            _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> None:
+            if name in seen:
+                raise RuntimeError(f"layer {name} ran twice in one forward; cannot attribute")
+            seen.add(name)
+            proj = self._projection(name, inputs[0])
+            x = inputs[0].to(proj.p_in.dtype) * mask.to(proj.p_in.dtype)  # padding contributes 0
+            x_proj = x @ proj.p_in  # (B, T, d1)
+
+            def on_grad(grad_out: torch.Tensor) -> None:
+                dy_proj = grad_out.to(proj.p_out.dtype) @ proj.p_out  # (B, T, d2)
+                grads[name] = x_proj.transpose(1, 2) @ dy_proj  # (B, d1, d2)
+
+            output.register_hook(on_grad)
+
+        return hook

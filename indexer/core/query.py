@@ -1,0 +1,125 @@
+"""The query side of the math, shared by tests, benchmarks and the server.
+
+query gradients (same hooks and projections as the build) → precondition per layer
+(Woodbury) → score row blocks of the index (factored kernel, optional low-rank query, or
+dense). Tokenizing the query lives in ``indexer.inputs.tokens``; this module sees token ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from lorif_serve.errors import ConfigError
+from lorif_serve.indexer.core.curvature import Curvature
+from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
+from lorif_serve.indexer.core.gradients import ProjectedGradients, collate
+from lorif_serve.indexer.core.scoring import (
+    QueryFactors,
+    factor_query,
+    score_dense,
+    score_factored,
+    score_factored_lowrank,
+    truncate_query,
+)
+
+Encoded = tuple[list[int], int]  # token ids, index where the completion (the loss) starts
+
+
+def query_gradients(
+    capture: ProjectedGradients, encoded: Sequence[Encoded], device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Projected gradients {layer: (B, d1, d2)} and losses (B,) of encoded queries, one pass."""
+    batch = collate([ids for ids, _ in encoded], [start for _, start in encoded]).to(device)
+    return capture(batch)
+
+
+def precondition(
+    specs: Sequence[LayerSpec],
+    curvatures: Mapping[str, Curvature],
+    grads: Mapping[str, torch.Tensor],
+    query_rank: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Hq = H⁻¹g per layer, (B, d1, d2). ``query_rank`` truncates g to rank c first (paper)."""
+    out = {}
+    for spec in specs:
+        g = grads[spec.name]
+        if query_rank is not None:
+            g = truncate_query(g, min(query_rank, spec.d1, spec.d2))
+        curvature = curvatures[spec.name]
+        flat = g.reshape(g.shape[0], -1).to(curvature.eigvecs.dtype)
+        out[spec.name] = curvature.precondition(flat).reshape(g.shape[0], spec.d1, spec.d2)
+    return out
+
+
+class ScanQuery:
+    """Everything the scan needs per layer: the dense Hq and, for a low-rank scan, its factors.
+
+    Args:
+        hq: layer → (B, d1, d2) preconditioned queries.
+        energy: keep this fraction of each Hq's energy (Σ s²); ``None`` with ``rank`` unset
+            means the exact dense scan.
+        rank: or keep a fixed query rank q.
+
+    The SVD runs once, here; ``to`` moves the result without recomputing it.
+    """
+
+    hq: dict[str, torch.Tensor]
+    factored: dict[str, QueryFactors] | None  # None: exact scan with the dense Hq
+    energy_kept: dict[str, torch.Tensor]  # layer → (B,) fraction of Σ s² kept
+
+    def __init__(
+        self,
+        hq: Mapping[str, torch.Tensor],
+        energy: float | None = None,
+        rank: int | None = None,
+    ) -> None:
+        self.hq = dict(hq)
+        self.factored = None
+        self.energy_kept = {}
+        if energy is not None or rank is not None:
+            self.factored = {
+                name: factor_query(h, energy=energy, rank=rank) for name, h in self.hq.items()
+            }
+            self.energy_kept = {name: f.energy_kept for name, f in self.factored.items()}
+
+    @property
+    def batch(self) -> int:
+        return int(next(iter(self.hq.values())).shape[0])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> ScanQuery:
+        """The same query on ``device`` in ``dtype`` (factors are converted, not recomputed)."""
+        moved = ScanQuery({name: h.to(device, dtype) for name, h in self.hq.items()})
+        if self.factored is not None:
+            moved.factored = {name: f.to(device, dtype) for name, f in self.factored.items()}
+            moved.energy_kept = dict(self.energy_kept)
+        return moved
+
+
+def score_block(layout: RowLayout, block: torch.Tensor, query: ScanQuery) -> torch.Tensor:
+    """(B, n) scores of one (n, F) block of stored rows, summed over the query's layers.
+
+    The query must already be in the block's dtype and on its device (``ScanQuery.to``).
+    """
+    total: torch.Tensor | None = None
+    for spec in layout.layers:
+        if spec.name not in query.hq:
+            continue
+        part = _score_layer(layout, spec, block, query)
+        total = part if total is None else total + part
+    if total is None:
+        raise ConfigError("the query names no layer of this index")
+    return total
+
+
+def _score_layer(
+    layout: RowLayout, spec: LayerSpec, block: torch.Tensor, query: ScanQuery
+) -> torch.Tensor:
+    hq = query.hq[spec.name].to(block.dtype)
+    if spec.dense:
+        return score_dense(layout.columns(spec, block), hq.reshape(hq.shape[0], -1))
+    left, right = layout.factors(spec, block)
+    if query.factored is not None:
+        return score_factored_lowrank(left, right, query.factored[spec.name].to(None, block.dtype))
+    return score_factored(left, right, hq)

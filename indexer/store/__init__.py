@@ -1,0 +1,1 @@
+"""The index file: its names (``schema``), byte layout, checksums, writer, reader, manifest."""

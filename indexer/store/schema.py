@@ -1,0 +1,134 @@
+"""The one place that knows the index file's names, dtypes and format version.
+
+The layout these names describe is documented in docs/index-format.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lorif_serve.errors import ConfigError
+
+FORMAT_NAME = "lorif-index"
+FORMAT_VERSION = 1
+
+# Root attributes.
+ATTR_FORMAT = "format"
+ATTR_VERSION = "format_version"
+ATTR_METADATA = "metadata"  # JSON: config, model, tokenizer, dataset, layers, loss, ...
+ATTR_STORAGE_DTYPE = "storage_dtype"  # on the factor dataset: "bfloat16" | "float16" | "float32"
+ATTR_CHECKSUMMED = "checksummed"  # on the checksum dataset: JSON list of dataset names
+
+# Datasets.
+FACTORS = "factors"  # (N, F) packed rows, see indexer.factors.RowLayout
+EXAMPLE_IDS = "examples/id"  # (N,) UTF-8
+EXAMPLE_TEXT = "examples/text"  # (N,) UTF-8
+EXAMPLE_TOKENS = "examples/tokens"  # (N,) int32
+EXAMPLE_METADATA = "examples/metadata"  # (N,) UTF-8 JSON object per example
+CHECKSUMS = "checksums"  # (len(checksummed),) fixed-length hex digests, xxh3-128
+CHECKSUM_WIDTH = 32
+
+# Per-example columns, by the name the writer's ``examples`` argument uses.
+EXAMPLE_COLUMNS = {
+    "id": EXAMPLE_IDS,
+    "text": EXAMPLE_TEXT,
+    "tokens": EXAMPLE_TOKENS,
+    "metadata": EXAMPLE_METADATA,
+}
+# Datasets with one row per example: a manifest makes them virtual over its shards.
+ROW_DATASETS = (FACTORS, *EXAMPLE_COLUMNS.values())
+
+# Attributes of a layer group.
+ATTR_LAYER_NAME = "name"
+ATTR_LAYER_SEED = "seed"  # decimal string: a 63-bit seed does not fit every HDF5 int reader
+ATTR_PROJECTION_RULE = "projection"
+PROJECTION_RULE = "rademacher ±1/sqrt(width); P_out seed = seed + 1"
+LAYERS_GROUP = "layers"
+
+
+def layer_group(index: int) -> str:
+    return f"{LAYERS_GROUP}/{index:04d}"
+
+
+def p_in(index: int) -> str:
+    return f"{layer_group(index)}/p_in"  # (I, d1) float32
+
+
+def p_out(index: int) -> str:
+    return f"{layer_group(index)}/p_out"  # (O, d2) float32
+
+
+def eigvecs(index: int) -> str:
+    return f"{layer_group(index)}/eigvecs"  # (D, r) float32
+
+
+def eigvals(index: int) -> str:
+    return f"{layer_group(index)}/eigvals"  # (r,) float32
+
+
+def curvature_scalars(index: int) -> str:
+    return f"{layer_group(index)}/curvature_scalars"  # (2,) float64: damping λ, trace
+
+
+def layer_datasets(index: int) -> list[str]:
+    """Every dataset of one layer: projections, then curvature."""
+    return [p_in(index), p_out(index), eigvecs(index), eigvals(index), curvature_scalars(index)]
+
+
+def checksummed_datasets(n_layers: int) -> list[str]:
+    """The datasets a single-file index checksums, in the order the digests are stored."""
+    names = [*EXAMPLE_COLUMNS.values(), FACTORS]
+    for index in range(n_layers):
+        names += layer_datasets(index)
+    return names
+
+
+def required_datasets(n_layers: int) -> list[str]:
+    """What a readable index must contain."""
+    return [*checksummed_datasets(n_layers), CHECKSUMS]
+
+
+def partial_path(out: Path, suffix: str = "") -> Path:
+    """Where work towards ``out`` happens until the final rename (``x.h5.partial<suffix>``)."""
+    return out.with_name(f"{out.name}.partial{suffix}")
+
+
+# Storage dtypes: name → (numpy on-disk dtype, torch dtype it stands for).
+STORAGE_DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
+    "bfloat16": (np.dtype("<u2"), torch.bfloat16),  # HDF5 has no bf16: the raw bit pattern
+    "float16": (np.dtype("<f2"), torch.float16),
+    "float32": (np.dtype("<f4"), torch.float32),
+}
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def storage_dtype_name(name: str) -> str:
+    canonical = DTYPE_ALIASES.get(name, name)
+    if canonical not in STORAGE_DTYPES:
+        raise ConfigError(f"unknown storage dtype {name!r}; use one of {sorted(STORAGE_DTYPES)}")
+    return canonical
+
+
+def to_storage(values: torch.Tensor, dtype_name: str) -> np.ndarray:
+    """Round a float tensor to the storage dtype and return its on-disk numpy array."""
+    disk_dtype, torch_dtype = STORAGE_DTYPES[dtype_name]
+    rounded = values.detach().to("cpu", torch_dtype).contiguous()
+    if torch_dtype is torch.bfloat16:
+        return rounded.view(torch.int16).numpy().view(disk_dtype)
+    return rounded.numpy()
+
+
+def from_storage(array: np.ndarray, dtype_name: str) -> torch.Tensor:
+    """Zero-copy torch view of on-disk values (bf16 bits are reinterpreted, not converted)."""
+    _, torch_dtype = STORAGE_DTYPES[dtype_name]
+    with warnings.catch_warnings():
+        # Read-only memory maps are never written through these views.
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(array)
+    if torch_dtype is torch.bfloat16:
+        return tensor.view(torch.bfloat16)
+    return tensor
