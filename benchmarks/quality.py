@@ -13,13 +13,16 @@ Methods, all scored at the model fine-tuned on the whole pool:
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
+from tqdm import tqdm
 
 from lorif_serve.indexer import IndexConfig, IndexReader, build_index
 from lorif_serve.indexer.core.gradients import ProjectedGradients, collate, token_summed_loss
@@ -50,6 +53,31 @@ VARIANTS = {  # name → index config overrides (f = projection factor)
         "query_rank": 1,
     },
 }
+# Kronecker curvature in the projected space: kind × factor metric × f × c × damping.
+for _kind in ("kfac", "ekfac"):
+    VARIANTS[f"LoGRA-dense f=4 {_kind}"] = {
+        "projection_factor": 4,
+        "dense": True,
+        "curvature": _kind,
+        "damping": "trace:0.1",
+    }
+    for _f, _c in ((4, 1), (4, 2), (4, 4), (8, 2), (2, 1), (2, 4)):
+        for _metric in ("raw", "whitened"):
+            VARIANTS[f"LoRIF f={_f} c={_c} {_kind} {_metric}"] = {
+                "projection_factor": _f,
+                "factor_rank": _c,
+                "curvature": _kind,
+                "factor_metric": _metric,
+                "damping": "trace:0.1",
+            }
+for _damping in ("trace:0.01", "trace:0.5", "trace:1"):
+    VARIANTS[f"LoRIF f=4 c=1 ekfac whitened, damping {_damping}"] = {
+        "projection_factor": 4,
+        "factor_rank": 1,
+        "curvature": "ekfac",
+        "factor_metric": "whitened",
+        "damping": _damping,
+    }
 
 
 def full_gradients(model: torch.nn.Module, examples: list[Any]) -> torch.Tensor:
@@ -74,17 +102,34 @@ def exact_scores(train: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tens
     return ((projected - gram @ solved) / lam).T, lam
 
 
-def indexed_scores(
-    setting: Setting, overrides: dict[str, Any], folder: Path
-) -> tuple[torch.Tensor, int]:
+def curvature_bytes(reader: IndexReader) -> tuple[float, float]:
+    """Mean curvature bytes per layer: in the file (float32), and while building (float64
+    accumulators: the eigensolver's basis and product, or A, S and the moment sums)."""
+    config = reader.metadata["config"]
+    file_bytes, build_bytes = [], []
+    for i, s in enumerate(reader.layers):
+        if config["curvature"] in ("factors", "gradients"):
+            rank = reader.curvature(i).rank
+            file_bytes.append(4 * (s.dim * rank + rank))
+            build_bytes.append(8 * 2 * s.dim * min(s.dim, rank + config["oversample"]))
+        else:
+            file_bytes.append(4 * (s.d1**2 + s.d2**2 + s.d1 + s.d2 + s.dim))
+            build_bytes.append(8 * (s.d1**2 + s.d2**2 + s.dim))
+    return float(np.mean(file_bytes)), float(np.mean(build_bytes))
+
+
+def indexed_scores(setting: Setting, overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
     loaded = LoadedModel(
         setting.model, setting.tokenizer, identify(setting.model, setting.tokenizer, "fine-tuned")
     )
     overrides = dict(overrides)
     query_rank = overrides.pop("query_rank", None)  # the paper's rank-c query option
-    config = IndexConfig(**{"max_tokens": 64, "batch_size": 32, "device": "cpu", **overrides})
+    tokens = len(setting.pool[0].tokens)
+    config = IndexConfig(**{"max_tokens": tokens, "batch_size": 32, "device": "cpu", **overrides})
     path = folder / f"{abs(hash(str(overrides)))}.h5"
+    began = time.perf_counter()
     build_index(loaded, setting.pool, path, config, progress=False)
+    build_seconds = time.perf_counter() - began
     with IndexReader(path) as reader:
         projections = {
             reader.projection(i).name: reader.projection(i) for i in range(len(reader.layers))
@@ -96,7 +141,14 @@ def indexed_scores(
         scores = score_block(
             reader.layout, reader.rows(0, reader.n_examples).float(), ScanQuery(hq)
         )
-        return scores.double(), reader.bytes_per_example
+        in_file, building = curvature_bytes(reader)
+        return {
+            "scores": scores.double(),
+            "bytes_per_example": reader.bytes_per_example,
+            "build_seconds": build_seconds,
+            "curvature_bytes_per_layer": in_file,
+            "curvature_build_bytes_per_layer": building,
+        }
 
 
 def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -148,57 +200,74 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path(".cache/bbc/model-300steps"))
     parser.add_argument("--held-out", type=Path, default=Path(".cache/bbc/held_out.jsonl"))
     parser.add_argument("--subsets", type=int, default=64)
+    parser.add_argument("--only", help="regular expression: run the matching variants only")
+    parser.add_argument("--tokens", type=int, default=64, help="chunk length: 64 or 128")
     args = parser.parse_args()
-    setting = build_setting(args.model, args.held_out, args.subsets)
+    setting = build_setting(args.model, args.held_out, args.subsets, chunk=args.tokens)
+    variants = {
+        name: overrides
+        for name, overrides in VARIANTS.items()
+        if args.only is None or re.search(args.only, name) or name == "LoGRA-dense f=4"
+    }
     rng = np.random.default_rng(0)
     train = full_gradients(setting.model, setting.pool)
     query = full_gradients(setting.model, setting.queries)
     exact, lam = exact_scores(train, query)
-    methods: dict[str, tuple[torch.Tensor, int | None]] = {
-        "exact (full gradients)": (exact, None),
-        "gradient dot product": (query @ train.T, None),
-        "random": (
-            torch.randn(exact.shape, generator=torch.Generator().manual_seed(1)).double(),
-            None,
-        ),
+    noise = torch.randn(exact.shape, generator=torch.Generator().manual_seed(1)).double()
+    methods: dict[str, dict[str, Any]] = {
+        "exact (full gradients)": {"scores": exact},
+        "gradient dot product": {"scores": query @ train.T},
+        "random": {"scores": noise},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for name, overrides in VARIANTS.items():
+        for name, overrides in tqdm(variants.items(), desc="variants", unit="index"):
             methods[name] = indexed_scores(setting, overrides, Path(tmp))
-    dense = methods["LoGRA-dense f=4"][0]
+    dense = methods["LoGRA-dense f=4"]["scores"]
     rows = []
-    for name, (scores, bytes_per_example) in methods.items():
+    for name, method in methods.items():
+        scores = method["scores"]
         row = {
             "method": name,
-            "bytes_per_example": bytes_per_example,
+            "bytes_per_example": method.get("bytes_per_example"),
+            "build_seconds": method.get("build_seconds"),
+            "curvature_bytes_per_layer": method.get("curvature_bytes_per_layer"),
+            "curvature_build_bytes_per_layer": method.get("curvature_build_bytes_per_layer"),
             **lds(scores, setting, rng),
             **fidelity(scores, exact),
             **retrieval(scores, setting),
         }
         row["spearman_vs_logra_dense"] = float(spearman_rows(scores, dense).mean())
         rows.append(row)
-    plot(rows)
+    plot(rows, args.tokens)
     table = (
-        f"Pool N = {len(setting.pool)} chunks of 64 tokens ({len(setting.planted)} planted "
+        f"Pool N = {len(setting.pool)} chunks of {args.tokens} tokens ({len(setting.planted)} planted "
         f"near-duplicates), {len(setting.queries)} queries, M = {len(setting.masks)} subset "
         f"models. Mean query loss: base {setting.base_query_loss:.1f}, fine-tuned on the pool "
         f"{setting.full_query_loss:.1f}. Exact damping λ = {lam:.3g}.\n\n"
     )
     table += (
         "| method | bytes/example | LDS (95% CI) | Spearman vs exact | top-10 overlap vs exact | "
-        "Spearman vs LoGRA-dense | dup recall@1 | dup MRR | same-topic P@10 |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "Spearman vs LoGRA-dense | dup recall@1 | dup MRR | same-topic P@10 | build s | "
+        "curvature KiB/layer (file / building) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     for r in rows:
         size = f"{r['bytes_per_example']:,}" if r["bytes_per_example"] else "—"
+        build = f"{r['build_seconds']:.1f}" if r["build_seconds"] else "—"
+        curvature = (
+            f"{r['curvature_bytes_per_layer'] / 1024:,.0f} / "
+            f"{r['curvature_build_bytes_per_layer'] / 1024:,.0f}"
+            if r["curvature_bytes_per_layer"]
+            else "—"
+        )
         table += (
             f"| {r['method']} | {size} | {r['lds']:.3f} ({r['lds_low']:.3f}–{r['lds_high']:.3f}) | "
             f"{r['spearman_vs_exact']:.3f} | {r['top10_overlap_vs_exact']:.2f} | "
             f"{r['spearman_vs_logra_dense']:.3f} | {r['recall_at_1']:.2f} | {r['mrr']:.2f} | "
-            f"{r['same_topic_p10']:.2f} |\n"
+            f"{r['same_topic_p10']:.2f} | {build} | {curvature} |\n"
         )
     write_result(
-        "quality",
+        "quality" if args.tokens == 64 else f"quality-{args.tokens}",
         {
             "rows": rows,
             "lambda": lam,
@@ -210,7 +279,7 @@ def main() -> None:
     )
 
 
-def plot(rows: list[dict[str, Any]]) -> None:
+def plot(rows: list[dict[str, Any]], tokens: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,10 +320,11 @@ def plot(rows: list[dict[str, Any]]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("index bytes per example (log)")
     ax.set_ylabel("LDS (mean Spearman, 95% CI)")
-    ax.set_title("Attribution quality vs storage (BBC demo, fine-tuning regime)")
+    ax.set_title(f"Attribution quality vs storage (BBC, fine-tuning regime, {tokens}-token chunks)")
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "quality_vs_storage.png", dpi=120)
+    suffix = "" if tokens == 64 else f"_{tokens}"
+    fig.savefig(RESULTS / f"quality_vs_storage{suffix}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,12 @@ SECTIONS = [
         "Spearman between summed subset scores and the negated query loss, 95 % bootstrap "
         "interval over queries)",
     ),
+    (
+        "quality-128",
+        "Quality, second setting: 128-token examples",
+        "![quality vs storage, 128 tokens](../benchmarks/results/quality_vs_storage_128.png)\n\n"
+        "The same protocol with 128-token chunks (`python -m benchmarks.quality --tokens 128`).",
+    ),
 ]
 
 

@@ -95,6 +95,16 @@ def print_summary(summary: BuildSummary) -> None:
         print(f"  skipped records     {len(summary.bad_records)}; first: {summary.bad_records[0]}")
 
 
+def describe_curvature(config: dict[str, Any]) -> str:
+    """One line naming the curvature kind an index holds."""
+    kind = config["curvature"]
+    if kind in ("factors", "gradients"):
+        source = "stored factors" if kind == "factors" else "dense gradients (Nyström)"
+        return f"Woodbury subspace of the {source}, r={config['curvature_rank']}"
+    name = {"kfac": "K-FAC", "ekfac": "EK-FAC"}[kind]
+    return f"{name} in the projected space, factors truncated {config['factor_metric']}"
+
+
 def print_info(reader: IndexReader) -> None:
     meta = reader.metadata
     config, model, data = meta["config"], meta["model"], meta["dataset"]
@@ -109,9 +119,10 @@ def print_info(reader: IndexReader) -> None:
     )
     kind = "LoGRA-dense" if config["dense"] else f"LoRIF c={config['factor_rank']}"
     print(
-        f"  method    {kind}, r={config['curvature_rank']}, damping={config['damping']}, "
-        f"storage {reader.storage_dtype}, {reader.bytes_per_example:,} bytes/example"
+        f"  method    {kind}, storage {reader.storage_dtype}, "
+        f"{reader.bytes_per_example:,} bytes/example"
     )
+    print(f"  curvature {describe_curvature(config)}, damping={config['damping']}")
     print(f"  loss      {meta['loss']}")
     print(f"  {'layer':<40} {'I':>6} {'O':>6} {'d1':>5} {'d2':>5} {'c':>3} {'r':>5} {'λ':>10}")
     for i, spec in enumerate(reader.layers):
@@ -119,7 +130,7 @@ def print_info(reader: IndexReader) -> None:
         c = "-" if spec.dense else str(spec.rank)
         print(
             f"  {spec.name:<40} {spec.in_features:>6} {spec.out_features:>6} {spec.d1:>5} "
-            f"{spec.d2:>5} {c:>3} {curvature.eigvals.numel():>5} {curvature.damping:>10.3g}"
+            f"{spec.d2:>5} {c:>3} {curvature.rank:>5} {curvature.damping:>10.3g}"
         )
 
 

@@ -19,7 +19,7 @@ from lorif_serve.client.protocol import (
     ResultItem,
     Timings,
 )
-from lorif_serve.indexer.core.curvature import Curvature
+from lorif_serve.indexer.core.kronecker import AnyCurvature
 from lorif_serve.indexer.core.query import ScanQuery, precondition
 from lorif_serve.indexer.store.reader import IndexReader
 from lorif_serve.server.batcher import WorkItem
@@ -60,7 +60,7 @@ class AttributionService:
         self.options = options or QueryOptions()
         self.specs = reader.layers
         self.layer_names = {spec.name for spec in self.specs}
-        self.curvatures: dict[str, Curvature] = {
+        self.curvatures: dict[str, AnyCurvature] = {
             spec.name: reader.curvature(i).to(engine.device, torch.float32)
             for i, spec in enumerate(self.specs)
         }
@@ -220,7 +220,7 @@ class AttributionService:
                 d2=spec.d2,
                 rank=spec.rank,
                 dense=spec.dense,
-                curvature_rank=int(self.curvatures[spec.name].eigvals.numel()),
+                curvature_rank=self.curvatures[spec.name].rank,
                 damping=self.curvatures[spec.name].damping,
             )
             for spec in self.specs
@@ -233,10 +233,19 @@ class AttributionService:
             residency=self.engine.residency,
             bytes_per_example=self.reader.bytes_per_example,
             storage_dtype=self.reader.storage_dtype,
-            method="LoGRA-dense" if config["dense"] else f"LoRIF c={config['factor_rank']}",
+            method=_method(config),
             config=config,
             model=model,
             dataset=dataset,
             layers=layers,
             path=str(self.reader.path) if expose_paths else None,
         )
+
+
+def _method(config: dict[str, object]) -> str:
+    """``LoRIF c=1, ekfac, whitened factors`` / ``LoGRA-dense, factors`` (the curvature kind)."""
+    storage = "LoGRA-dense" if config["dense"] else f"LoRIF c={config['factor_rank']}"
+    curvature = str(config.get("curvature", "factors"))
+    if curvature in ("factors", "gradients"):
+        return f"{storage}, Woodbury curvature ({curvature}) r={config['curvature_rank']}"
+    return f"{storage}, {curvature}, {config.get('factor_metric', 'raw')} factors"

@@ -1,6 +1,7 @@
 """End-to-end index builds: scores read back, exactness of the dense baseline, invariances."""
 
 import h5py
+import pytest
 import numpy as np
 import torch
 
@@ -77,13 +78,17 @@ def test_cli_index_scores_equal_in_memory_scores(model_dir, data_file, tmp_path)
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-6 * expected.abs().max().item())
 
 
-def test_dense_full_rank_equals_exact_damped_influence(tmp_path):
+@pytest.mark.parametrize("curvature", ["factors", "gradients"])
+def test_dense_full_rank_equals_exact_damped_influence(tmp_path, curvature):
+    """Woodbury subspace at full rank (r = D) from the stored rows or sketched from the
+    dense gradients in the factor pass: both give the exact damped influence."""
     model = loaded()
     examples = examples_for(model)
     config = IndexConfig(
         d1=3,
         d2=4,
         dense=True,
+        curvature=curvature,
         curvature_rank=10_000,
         damping=0.05,
         dtype="fp32",

@@ -152,3 +152,57 @@ def test_row_layout_round_trip():
     torch.testing.assert_close(layout.gradients(specs[1], block), g["b"].reshape(5, -1))
     left, right = layout.factors(specs[0], block)
     torch.testing.assert_close(dense_from_factors(left, right), truncate_query(g["a"], 2))
+
+
+@pytest.mark.parametrize("mode", [{}, {"energy": 1.0}])
+def test_score_block_equals_the_naive_reference(mode):
+    from lorif_serve.indexer.core.query import ScanQuery, score_block
+    from lorif_serve.indexer.core.scoring import score_reference
+
+    specs = [
+        LayerSpec("a", 8, 6, 4, 3, 2),
+        LayerSpec("b", 6, 10, 3, 5, 3),
+        LayerSpec("c", 6, 6, 3, 3, 1, dense=True),
+    ]
+    layout = RowLayout(specs)
+    gen = torch.Generator().manual_seed(7)
+    block = layout.pack({s.name: torch.randn(9, s.d1, s.d2, generator=gen) for s in specs})
+    hq = {s.name: torch.randn(2, s.d1, s.d2, generator=gen) for s in specs}
+    fast = score_block(layout, block, ScanQuery(hq, **mode))
+    torch.testing.assert_close(fast, score_reference(layout, block, hq))
+    partial = {k: v for k, v in hq.items() if k != "b"}  # a query over some layers only
+    torch.testing.assert_close(
+        score_block(layout, block, ScanQuery(partial)), score_reference(layout, block, partial)
+    )
+
+
+def test_nystrom_sketch_of_a_low_rank_gram_equals_eigh():
+    from lorif_serve.indexer.core.nystrom import NystromSketch
+
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.randn(40, 6, generator=gen) @ torch.randn(6, 30, generator=gen)  # rank 6
+    sketch = NystromSketch(30, rank=6, oversample=4, seed=2)
+    for start in range(0, 40, 7):  # streamed in blocks
+        sketch.accumulate(rows[start : start + 7])
+    values, vectors = sketch.eigenpairs()
+    exact_values, exact_vectors = torch.linalg.eigh(rows.T @ rows)
+    torch.testing.assert_close(values[:6], exact_values.flip(0)[:6], rtol=1e-8, atol=1e-8)
+    # Same subspace: projectors agree.
+    top = exact_vectors[:, -6:]
+    torch.testing.assert_close(vectors[:, :6] @ vectors[:, :6].T, top @ top.T, atol=1e-8, rtol=0)
+    curvature = sketch.result("trace")
+    assert curvature.trace == pytest.approx(float((rows**2).sum()))
+    assert curvature.damping == pytest.approx(0.5 * curvature.trace / 30)
+
+
+def test_nystrom_sketch_of_a_full_rank_gram_keeps_the_top_eigenvalues():
+    from lorif_serve.indexer.core.nystrom import NystromSketch
+
+    gen = torch.Generator().manual_seed(6)
+    scales = torch.logspace(0, -3, 20)  # a fast-decaying spectrum
+    rows = torch.randn(200, 20, generator=gen) * scales
+    sketch = NystromSketch(20, rank=4, oversample=10, seed=1)
+    sketch.accumulate(rows)
+    values, _ = sketch.eigenpairs()
+    exact = torch.linalg.eigvalsh(rows.T @ rows).flip(0)
+    torch.testing.assert_close(values[:4], exact[:4], rtol=1e-3, atol=0)

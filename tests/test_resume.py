@@ -1,5 +1,6 @@
 """A build killed with SIGKILL and rerun equals an uninterrupted build, bit for bit."""
 
+import json
 import os
 import subprocess
 import sys
@@ -42,16 +43,10 @@ def run_cli(args, crash_at=None):
 
 def compared_datasets(path):
     with h5py.File(path, "r") as f:
-        names = [
-            schema.FACTORS,
-            schema.EXAMPLE_IDS,
-            schema.EXAMPLE_TEXT,
-            schema.EXAMPLE_TOKENS,
-            schema.EXAMPLE_METADATA,
-        ]
-        names += [schema.eigvecs(i) for i in range(len(f["layers"]))]
-        names += [schema.eigvals(i) for i in range(len(f["layers"]))]
-        names += [schema.curvature_scalars(i) for i in range(len(f["layers"]))]
+        kind = schema.curvature_kind(json.loads(f.attrs[schema.ATTR_METADATA]))
+        names = list(schema.ROW_DATASETS)
+        for i in range(len(f[schema.LAYERS_GROUP])):
+            names += schema.curvature_datasets(i, kind)
         return {name: f[name][...] for name in names}
 
 
@@ -81,6 +76,31 @@ def test_resume_after_sigkill_equals_uninterrupted(
         assert np.array_equal(got[name], expected), name
     assert not out.with_name("idx.h5.partial").exists()
     assert not out.with_name("idx.h5.partial.journal").exists()
+    assert main(["verify", str(out)]) == 0
+
+
+KRONECKER = ("--curvature", "ekfac", "--factor-metric", "whitened", "--covariance-sample", "12")
+
+
+@pytest.fixture(scope="module")
+def kronecker_reference(model_dir, data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kref") / "ref.h5"
+    assert main(build_args(model_dir, data_file, out, *KRONECKER)) == 0
+    return compared_datasets(out)
+
+
+@pytest.mark.parametrize("crash_at", ["kronecker-bases", "rows:2", "curvature-written"])
+def test_kronecker_resume_after_sigkill_equals_uninterrupted(
+    model_dir, data_file, tmp_path, kronecker_reference, crash_at
+):
+    out = tmp_path / "idx.h5"
+    args = build_args(model_dir, data_file, out, *KRONECKER)
+    assert run_cli(args, crash_at).returncode == -9
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr
+    got = compared_datasets(out)
+    for name, expected in kronecker_reference.items():
+        assert np.array_equal(got[name], expected), name
     assert main(["verify", str(out)]) == 0
 
 

@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lorif_serve.errors import ConfigError
-from lorif_serve.indexer.core.curvature import DAMPING_RULES
+from lorif_serve.indexer.core.curvature import CURVATURE_KINDS, DAMPING_RULES, parse_damping
 from lorif_serve.indexer.store.schema import storage_dtype_name
 
 PRECISIONS = ("float32", "float64", "bfloat16")
 BAD_RECORD_POLICIES = ("skip", "fail")
+FACTOR_METRICS = ("raw", "whitened")
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -41,12 +42,41 @@ class IndexConfig:
     dense: bool = field(
         default=False, metadata=_help("store the projected gradient itself (LoGRA-dense baseline)")
     )
-    curvature_rank: int = field(default=64, metadata=_help("r: eigenpairs kept per layer (≤ D)"))
+    curvature: str = field(
+        default="factors",
+        metadata=_help(
+            "factors: Woodbury subspace of the stored factors (the paper's); gradients: the "
+            "same, sketched from the dense gradients in the factor pass; kfac / ekfac: "
+            "Kronecker curvature in the projected space",
+            choices=CURVATURE_KINDS,
+        ),
+    )
+    factor_metric: str = field(
+        default="raw",
+        metadata=_help(
+            "raw: best rank-c factors of G; whitened: of the curvature-whitened G "
+            "(kfac / ekfac only)",
+            choices=FACTOR_METRICS,
+        ),
+    )
+    covariance_sample: int = field(
+        default=2048,
+        metadata=_help(
+            "kfac / ekfac: examples (evenly spaced) in the pre-pass that fits the Kronecker "
+            "factors; all examples when N is smaller"
+        ),
+    )
+    curvature_rank: int = field(
+        default=64, metadata=_help("r: eigenpairs kept per layer (≤ D; factors curvature)")
+    )
     oversample: int = field(default=10, metadata=_help("p: oversampling of the eigensolver"))
     power_iters: int = field(default=3, metadata=_help("q: power iterations of the eigensolver"))
     damping: str | float = field(
         default="trace",
-        metadata=_help("λ: trace (0.5·tr/D), paper (0.1·mean top r+p eigenvalues) or a number"),
+        metadata=_help(
+            "λ: trace (0.5·tr/D), trace:K (K·tr/D), paper (0.1·mean top r+p eigenvalues) "
+            "or a number"
+        ),
     )
     layers: tuple[str, ...] = field(
         default_factory=tuple,
@@ -84,6 +114,7 @@ class IndexConfig:
 
     def _problems(self) -> list[str]:
         positive = ["factor_rank", "curvature_rank", "batch_size", "max_tokens", "checkpoint_rows"]
+        positive.append("covariance_sample")
         problems = [
             f"{name} must be ≥ 1, got {getattr(self, name)}"
             for name in positive
@@ -101,6 +132,12 @@ class IndexConfig:
             problems.append("d1 and d2 must be ≥ 1")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.curvature not in CURVATURE_KINDS:
+            problems.append(f"curvature must be one of {CURVATURE_KINDS}, got {self.curvature!r}")
+        if self.factor_metric not in FACTOR_METRICS:
+            problems.append(f"factor_metric must be one of {FACTOR_METRICS}")
+        if self.factor_metric == "whitened" and self.curvature not in ("kfac", "ekfac"):
+            problems.append("factor_metric 'whitened' needs a Kronecker curvature (kfac or ekfac)")
         if self.on_bad_record not in BAD_RECORD_POLICIES:
             problems.append(f"on_bad_record must be 'skip' or 'fail', got {self.on_bad_record!r}")
         return problems
@@ -120,14 +157,14 @@ class IndexConfig:
 
 
 def _damping(value: str | float) -> str | float:
-    """A rule name stays a name; anything else must be a positive number."""
-    if isinstance(value, str) and value in DAMPING_RULES:
+    """A rule stays a rule (``trace``, ``trace:K``, ``paper``); anything else is a number > 0."""
+    if isinstance(value, str) and parse_damping(value) is not None:
         return value
     try:
         number = float(value)
     except ValueError:
         raise ConfigError(
-            f"damping must be one of {DAMPING_RULES} or a positive number, got {value!r}"
+            f"damping must be one of {DAMPING_RULES}, trace:K or a positive number, got {value!r}"
         ) from None
     if not number > 0:
         raise ConfigError(f"damping must be positive, got {number}")

@@ -1,4 +1,4 @@
-"""The build's curvature phase: streaming eigensolver passes over the stored factors.
+"""The build's curvature phase: Kronecker sums, or eigensolver passes over the stored factors.
 
 Every pass reads the rows written so far once, for all layers at once, and is journaled
 with the solver state so a killed build resumes at the next pass. In a distributed build
@@ -16,6 +16,7 @@ from tqdm import tqdm
 from lorif_serve.indexer.build.faults import crash_point
 from lorif_serve.indexer.build.journal import Journal, atomic_write_arrays, read_arrays
 from lorif_serve.indexer.build.plan import BuildPlan
+from lorif_serve.indexer.build.sums import GradientSums
 from lorif_serve.indexer.core.curvature import RandomizedEigenSolver
 from lorif_serve.indexer.store.reader import IndexReader
 from lorif_serve.indexer.store.writer import RawWriter
@@ -54,14 +55,28 @@ def _save(plan: BuildPlan, solvers: Sequence[RandomizedEigenSolver], passes: int
     (plan.state_dir / f"pass-{passes - 2}.npz").unlink(missing_ok=True)
 
 
-def curvature_phase(plan: BuildPlan, writer: RawWriter, journal: Journal) -> None:
-    """Every eigensolver pass not yet journaled, then the curvature written to the file."""
-    dist = plan.dist
+def curvature_phase(
+    plan: BuildPlan, writer: RawWriter, journal: Journal, sums: GradientSums | None = None
+) -> None:
+    """The curvature written to the file: from the sums of the factor pass (Kronecker,
+    Nyström), or from every eigensolver pass over the stored rows not yet journaled."""
     written = journal.last("curvature_written") is not None
-    if dist is not None:
-        written = dist.minimum(int(written)) == 1  # every rank must join the collectives
+    if plan.dist is not None:
+        written = plan.dist.minimum(int(written)) == 1  # every rank must join the collectives
     if written:
         return
+    if sums is not None:
+        for i, curvature in enumerate(sums.curvatures()):
+            writer.write_curvature(i, curvature)
+    else:
+        _woodbury(plan, writer, journal)
+    writer.flush()
+    journal.append(event="curvature_written")
+    crash_point("curvature-written")
+
+
+def _woodbury(plan: BuildPlan, writer: RawWriter, journal: Journal) -> None:
+    dist = plan.dist
     solvers = _solvers(plan)
     done = journal.curvature_passes_done
     if dist is not None:
@@ -78,9 +93,6 @@ def curvature_phase(plan: BuildPlan, writer: RawWriter, journal: Journal) -> Non
                 crash_point(f"curvature-pass:{pass_index + 1}")
     for i, solver in enumerate(solvers):
         writer.write_curvature(i, solver.result(plan.config.damping)[0])
-    writer.flush()
-    journal.append(event="curvature_written")
-    crash_point("curvature-written")
 
 
 def _stream_pass(

@@ -20,6 +20,7 @@ from lorif_serve.indexer.build.faults import crash_point
 from lorif_serve.indexer.build.journal import Journal
 from lorif_serve.indexer.build.plan import BuildPlan, identity_view
 from lorif_serve.indexer.build.space import check_space, required_bytes
+from lorif_serve.indexer.build.sums import GradientSums, forget_sums_before, load_sums, save_sums
 from lorif_serve.indexer.core.gradients import ProjectedGradients, collate
 from lorif_serve.indexer.store.reader import IndexReader
 from lorif_serve.indexer.store.writer import RawWriter, create_index_file
@@ -51,6 +52,7 @@ def open_build(plan: BuildPlan) -> tuple[RawWriter, Journal]:
         plan.curvature_ranks,
         columns,
         plan.config.dtype,
+        plan.config.curvature,
     )
     crash_point("after-create")
     journal = Journal(plan.journal_path)
@@ -69,11 +71,20 @@ def _check_same_setup(plan: BuildPlan) -> None:
         )
 
 
-def factor_phase(plan: BuildPlan, writer: RawWriter, journal: Journal) -> None:
-    """Projected gradients → rank-c factors → rows, from the last journaled row on."""
+def factor_phase(
+    plan: BuildPlan, writer: RawWriter, journal: Journal, sums: GradientSums | None = None
+) -> None:
+    """Projected gradients → rank-c factors → rows, from the last journaled row on.
+
+    ``sums`` (a curvature fitted to the dense gradients) sees every batch first, may replace
+    it by what should be stored (whitened gradients), and is checkpointed with every flushed
+    row block.
+    """
     capture = ProjectedGradients(plan.model, {p.name: p for p in plan.projections})
     layout, device = plan.layout, plan.device
     n, size, start = len(plan.examples), plan.config.batch_size, journal.rows_done
+    if sums is not None and start > 0:
+        load_sums(plan, sums, start)
     since_flush, flushes, tokens_done = 0, 0, 0
     bar = tqdm(
         total=n,
@@ -88,6 +99,8 @@ def factor_phase(plan: BuildPlan, writer: RawWriter, journal: Journal) -> None:
         chunk = plan.examples[first : first + size]
         batch = collate([e.tokens for e in chunk], [e.loss_start for e in chunk]).to(device)
         grads, _ = capture(batch)
+        if sums is not None:
+            grads = sums.observe(grads)
         writer.write_rows(first, layout.pack(grads))
         since_flush += len(chunk)
         tokens_done += sum(len(e.tokens) for e in chunk)
@@ -95,7 +108,12 @@ def factor_phase(plan: BuildPlan, writer: RawWriter, journal: Journal) -> None:
         bar.set_postfix(tok_s=f"{tokens_done / max(time.perf_counter() - began, 1e-9):,.0f}")
         if since_flush >= plan.config.checkpoint_rows or first + size >= n:
             writer.flush()
-            journal.append(event="rows", done=min(first + size, n))
+            done = min(first + size, n)
+            if sums is not None:
+                save_sums(plan, sums, done)
+            journal.append(event="rows", done=done)
+            if sums is not None:
+                forget_sums_before(plan, done)
             since_flush, flushes = 0, flushes + 1
             crash_point(f"rows:{flushes}")
     bar.close()

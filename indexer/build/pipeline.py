@@ -9,10 +9,12 @@ from lorif_serve.errors import BuildError
 from lorif_serve.indexer.build.config import IndexConfig
 from lorif_serve.indexer.build.curvature_phase import curvature_phase
 from lorif_serve.indexer.build.distributed import Dist, shard_path, shard_rows
+from lorif_serve.indexer.build.kronecker_phase import KroneckerSums, fit_bases
 from lorif_serve.indexer.build.phases import factor_phase, finalize, open_build
 from lorif_serve.indexer.build.plan import BuildPlan, plan_build
 from lorif_serve.indexer.build.space import disk_full
 from lorif_serve.indexer.build.summary import BuildSummary, existing_summary, summarize
+from lorif_serve.indexer.build.sums import GradientSums, NystromSums
 from lorif_serve.indexer.inputs.examples import Example, make_examples
 from lorif_serve.indexer.inputs.lm import LoadedModel, load_model
 from lorif_serve.indexer.inputs.records import BadRecord, read_records
@@ -105,10 +107,17 @@ def _timed_phases(plan: BuildPlan, times: dict[str, float]) -> int:
     writer, journal = open_build(plan)
     resumed_from = journal.rows_done
     try:
-        factor_phase(plan, writer, journal)
+        sums: GradientSums | None = None
+        if plan.kronecker:
+            sums = KroneckerSums(plan, fit_bases(plan, journal))
+            times["kronecker_factors"] = time.perf_counter() - began
+            began = time.perf_counter()
+        elif plan.config.curvature == "gradients":
+            sums = NystromSums(plan)
+        factor_phase(plan, writer, journal, sums)
         times["factors"] = time.perf_counter() - began
         began = time.perf_counter()
-        curvature_phase(plan, writer, journal)
+        curvature_phase(plan, writer, journal, sums)
         times["curvature"] = time.perf_counter() - began
         began = time.perf_counter()
         finalize(plan, writer)

@@ -18,6 +18,7 @@ from lorif_serve import __version__
 from lorif_serve.indexer.build.config import IndexConfig
 from lorif_serve.indexer.build.distributed import Dist
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
+from lorif_serve.indexer.core.kronecker import KRONECKER_KINDS
 from lorif_serve.indexer.core.projection import LayerProjection, make_projection, projected_dims
 from lorif_serve.indexer.inputs.examples import Example, examples_digest
 from lorif_serve.indexer.inputs.layers import find_layers
@@ -48,6 +49,11 @@ def layer_specs(model: torch.nn.Module, config: IndexConfig) -> list[LayerSpec]:
     return specs
 
 
+def _curvature_rank(config: IndexConfig, spec: LayerSpec) -> int:
+    """Eigenvalues kept per layer: r (Woodbury), or all D (Kronecker: a complete basis)."""
+    return spec.dim if config.curvature in KRONECKER_KINDS else min(config.curvature_rank, spec.dim)
+
+
 def identity_view(metadata: dict[str, Any]) -> dict[str, Any]:
     """The fields a resume must match, flattened for readable differences."""
     view = {f"config.{k}": v for k, v in metadata["config"].items()}
@@ -73,6 +79,13 @@ class BuildPlan:
     metadata: dict[str, Any]
     progress: bool = True
     dist: Dist | None = None
+    first_row: int = 0  # global row of examples[0] (a shard's start)
+    n_total: int = 0  # rows of the whole index (all shards)
+
+    @property
+    def kronecker(self) -> bool:
+        """Whether the curvature is Kronecker-factored (kfac / ekfac)."""
+        return self.config.curvature in KRONECKER_KINDS
 
     @property
     def layout(self) -> RowLayout:
@@ -116,7 +129,7 @@ def plan_build(
         "model": loaded.identity,
         "dataset": _dataset_metadata(examples, bad, data_source),
         "layers": [s.to_dict() for s in specs],
-        "curvature_ranks": [min(config.curvature_rank, s.dim) for s in specs],
+        "curvature_ranks": [_curvature_rank(config, s) for s in specs],
         "loss": LOSS_DEFINITION,
         "layout": LAYOUT_DESCRIPTION,
     }
@@ -143,6 +156,8 @@ def plan_build(
         metadata=metadata,
         progress=progress,
         dist=dist,
+        first_row=start,
+        n_total=len(examples),
     )
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from lorif_serve.errors import BuildError
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
+from lorif_serve.indexer.core.kronecker import KRONECKER_KINDS
 from lorif_serve.indexer.store import schema
 
 if TYPE_CHECKING:
@@ -27,10 +28,15 @@ def required_bytes(
     itemsize = schema.STORAGE_DTYPES[config.dtype][0].itemsize
     factors = len(examples) * RowLayout(specs).width * itemsize
     pairs = list(zip(specs, curvature_ranks, strict=True))
-    curvature = sum(s.dim * r * 4 for s, r in pairs)
+    if config.curvature in KRONECKER_KINDS:
+        # Q_A, Q_S, a, s, Λ in the file; A, S and the moment sums (float64) as checkpoints.
+        curvature = sum((s.d1**2 + s.d2**2 + s.d1 + s.d2 + s.dim) * 4 for s in specs)
+        checkpoints = 3 * sum((s.d1**2 + s.d2**2 + s.dim) * 8 for s in specs)
+    else:
+        curvature = sum(s.dim * r * 4 for s, r in pairs)
+        checkpoints = 2 * sum(s.dim * (r + config.oversample) * 8 for s, r in pairs)
     projections = sum((s.in_features * s.d1 + s.out_features * s.d2) * 4 for s in specs)
     text = sum(len(e.text.encode()) + len(e.id) + 64 for e in examples)
-    checkpoints = 2 * sum(s.dim * (r + config.oversample) * 8 for s, r in pairs)
     return factors + curvature + projections + 2 * text + checkpoints + (1 << 20)
 
 

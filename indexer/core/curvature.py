@@ -16,6 +16,23 @@ import torch
 from lorif_serve.errors import ConfigError
 
 DAMPING_RULES = ("trace", "paper")
+CURVATURE_KINDS = ("factors", "gradients", "kfac", "ekfac")
+
+
+def parse_damping(rule: str) -> tuple[str, float] | None:
+    """``trace`` → ("trace", 0.5), ``trace:K`` → ("trace", K), ``paper`` → ("paper", 0.1)."""
+    if rule == "paper":
+        return "paper", 0.1
+    if rule == "trace":
+        return "trace", 0.5
+    name, _, factor = rule.partition(":")
+    if name != "trace" or not factor:
+        return None
+    try:
+        value = float(factor)
+    except ValueError:
+        return None
+    return ("trace", value) if value > 0 else None
 
 
 @dataclass
@@ -26,6 +43,11 @@ class Curvature:
     eigvals: torch.Tensor  # (r,)  σ², descending
     damping: float  # λ
     trace: float  # tr(𝒢ᵀ𝒢)
+
+    @property
+    def rank(self) -> int:
+        """Eigenpairs held (r)."""
+        return int(self.eigvals.numel())
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Curvature:
         return Curvature(
@@ -45,15 +67,19 @@ class Curvature:
 
 
 def resolve_damping(rule: str | float, trace: float, dim: int, ritz_values: torch.Tensor) -> float:
-    """λ from a rule: ``trace`` = 0.5·tr/D, ``paper`` = 0.1·mean(r+p Ritz values), or a number."""
+    """λ from a rule: ``trace`` = 0.5·tr/D, ``trace:K`` = K·tr/D (K·the mean eigenvalue),
+    ``paper`` = 0.1·mean(r+p Ritz values), or a number."""
+    parsed = parse_damping(rule) if isinstance(rule, str) else None
     if isinstance(rule, int | float):
         value = float(rule)
-    elif rule == "trace":
-        value = 0.5 * trace / dim
-    elif rule == "paper":
-        value = 0.1 * float(ritz_values.mean())
+    elif parsed is not None and parsed[0] == "trace":
+        value = parsed[1] * trace / dim
+    elif parsed is not None:
+        value = parsed[1] * float(ritz_values.mean())
     else:
-        raise ConfigError(f"unknown damping rule {rule!r}; use one of {DAMPING_RULES} or a number")
+        raise ConfigError(
+            f"unknown damping rule {rule!r}; use one of {DAMPING_RULES}, trace:K or a number"
+        )
     if not value > 0:
         # All-zero gradients (e.g. a layer the loss never reaches) leave no scale to damp with.
         raise ConfigError(f"damping must be positive, got {value} (rule {rule!r}, trace {trace})")

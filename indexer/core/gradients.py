@@ -19,6 +19,7 @@ from torch import nn
 from lorif_serve.indexer.core.projection import LayerProjection
 
 IGNORE = -100  # label value that contributes no loss (prompt tokens, padding)
+Observer = Callable[[str, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -106,14 +107,20 @@ class ProjectedGradients:
             self._cache[key] = self.projections[name].to(like.device, dtype)
         return self._cache[key]
 
-    def __call__(self, batch: TokenBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Returns ({layer: G (B, d1, d2)}, per-example loss (B,))."""
+    def __call__(
+        self, batch: TokenBatch, observe: Observer | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Returns ({layer: G (B, d1, d2)}, per-example loss (B,)).
+
+        ``observe(layer, x̃ (B, T, d1), δ̃ (B, T, d2))`` sees every layer's projected per-token
+        inputs and output gradients (zero at padding), e.g. to accumulate Kronecker factors.
+        """
         grads: dict[str, torch.Tensor] = {}
         seen: set[str] = set()
         handles = [self._embedding_hook()]
         mask = batch.attention_mask.unsqueeze(-1)
         for name, module in self._modules.items():
-            hook = self._forward_hook(name, mask, grads, seen)
+            hook = self._forward_hook(name, mask, grads, seen, observe)
             handles.append(module.register_forward_hook(hook))
         try:
             with _weights_frozen(self.model), torch.enable_grad():
@@ -146,7 +153,12 @@ class ProjectedGradients:
         return embeddings.register_forward_hook(hook)
 
     def _forward_hook(
-        self, name: str, mask: torch.Tensor, grads: dict[str, torch.Tensor], seen: set[str]
+        self,
+        name: str,
+        mask: torch.Tensor,
+        grads: dict[str, torch.Tensor],
+        seen: set[str],
+        observe: Observer | None,
     ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def hook(
             _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
@@ -161,6 +173,8 @@ class ProjectedGradients:
             def on_grad(grad_out: torch.Tensor) -> None:
                 dy_proj = grad_out.to(proj.p_out.dtype) @ proj.p_out  # (B, T, d2)
                 grads[name] = x_proj.transpose(1, 2) @ dy_proj  # (B, d1, d2)
+                if observe is not None:
+                    observe(name, x_proj, dy_proj)
 
             output.register_hook(on_grad)
 

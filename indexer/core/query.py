@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from lorif_serve.errors import ConfigError
-from lorif_serve.indexer.core.curvature import Curvature
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
 from lorif_serve.indexer.core.gradients import ProjectedGradients, collate
+from lorif_serve.indexer.core.kronecker import AnyCurvature
 from lorif_serve.indexer.core.scoring import (
     QueryFactors,
     factor_query,
@@ -37,7 +37,7 @@ def query_gradients(
 
 def precondition(
     specs: Sequence[LayerSpec],
-    curvatures: Mapping[str, Curvature],
+    curvatures: Mapping[str, AnyCurvature],
     grads: Mapping[str, torch.Tensor],
     query_rank: int | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -48,7 +48,7 @@ def precondition(
         if query_rank is not None:
             g = truncate_query(g, min(query_rank, spec.d1, spec.d2))
         curvature = curvatures[spec.name]
-        flat = g.reshape(g.shape[0], -1).to(curvature.eigvecs.dtype)
+        flat = g.reshape(g.shape[0], -1).to(curvature.eigvals.dtype)
         out[spec.name] = curvature.precondition(flat).reshape(g.shape[0], spec.d1, spec.d2)
     return out
 

@@ -15,6 +15,7 @@ import torch
 from lorif_serve.errors import IndexFileError
 from lorif_serve.indexer.core.curvature import Curvature
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
+from lorif_serve.indexer.core.kronecker import AnyCurvature, KroneckerCurvature
 from lorif_serve.indexer.core.projection import LayerProjection, make_projection
 from lorif_serve.indexer.store import schema
 from lorif_serve.indexer.store.checksums import dataset_digests
@@ -82,7 +83,7 @@ class IndexReader:
             )
 
     def _check_sizes(self) -> None:
-        required = schema.required_datasets(len(self.layers))
+        required = schema.required_datasets(len(self.layers), self.curvature_kind)
         missing = [name for name in required if name not in self._file]
         if missing:
             raise IndexFileError(f"{self.path}: missing dataset(s) {missing}")
@@ -167,14 +168,40 @@ class IndexReader:
             return schema.from_storage(block, self.storage_dtype)
         return torch.cat([schema.from_storage(piece, self.storage_dtype) for piece in pieces])
 
-    def curvature(self, index: int) -> Curvature:
+    @property
+    def curvature_kind(self) -> str:
+        """``factors`` (Woodbury subspace), ``kfac`` or ``ekfac``."""
+        return schema.curvature_kind(self.metadata)
+
+    @property
+    def factor_metric(self) -> str:
+        """``raw`` or ``whitened``: in which metric the stored factors were truncated."""
+        return str(self.metadata["config"]["factor_metric"])
+
+    def curvature(self, index: int) -> AnyCurvature:
+        """Layer ``index``'s curvature, of the kind the index holds."""
         damping, trace = (float(v) for v in self._file[schema.curvature_scalars(index)][...])
-        return Curvature(
-            torch.from_numpy(self._file[schema.eigvecs(index)][...]),
-            torch.from_numpy(self._file[schema.eigvals(index)][...]),
+        if self.curvature_kind in schema.WOODBURY_KINDS:
+            return Curvature(
+                self._tensor(schema.eigvecs(index)),
+                self._tensor(schema.eigvals(index)),
+                damping,
+                trace,
+            )
+        whitened = self.factor_metric == "whitened" and not self.layers[index].dense
+        return KroneckerCurvature(
+            self._tensor(schema.basis_in(index)),
+            self._tensor(schema.basis_out(index)),
+            self._tensor(schema.values_in(index)),
+            self._tensor(schema.values_out(index)),
+            self._tensor(schema.grid_eigvals(index)),
             damping,
             trace,
+            whitened,
         )
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(self._file[name][...])
 
     def projection(self, index: int) -> LayerProjection:
         group = self._file[schema.layer_group(index)]

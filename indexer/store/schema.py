@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ import torch
 from lorif_serve.errors import ConfigError
 
 FORMAT_NAME = "lorif-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: curvature kinds (Woodbury subspace or Kronecker factors)
 
 # Root attributes.
 ATTR_FORMAT = "format"
@@ -48,6 +49,8 @@ ATTR_LAYER_SEED = "seed"  # decimal string: a 63-bit seed does not fit every HDF
 ATTR_PROJECTION_RULE = "projection"
 PROJECTION_RULE = "rademacher ±1/sqrt(width); P_out seed = seed + 1"
 LAYERS_GROUP = "layers"
+WOODBURY = "factors"  # the Woodbury subspace of the stored factors (eigvecs, eigvals)
+WOODBURY_KINDS = (WOODBURY, "gradients")  # kinds stored as a subspace: of factors or dense G
 
 
 def layer_group(index: int) -> str:
@@ -74,22 +77,61 @@ def curvature_scalars(index: int) -> str:
     return f"{layer_group(index)}/curvature_scalars"  # (2,) float64: damping λ, trace
 
 
-def layer_datasets(index: int) -> list[str]:
+def basis_in(index: int) -> str:
+    return f"{layer_group(index)}/basis_in"  # (d1, d1) float32: Q_A
+
+
+def basis_out(index: int) -> str:
+    return f"{layer_group(index)}/basis_out"  # (d2, d2) float32: Q_S
+
+
+def values_in(index: int) -> str:
+    return f"{layer_group(index)}/values_in"  # (d1,) float32: eigenvalues of A
+
+
+def values_out(index: int) -> str:
+    return f"{layer_group(index)}/values_out"  # (d2,) float32: eigenvalues of S
+
+
+def grid_eigvals(index: int) -> str:
+    return f"{layer_group(index)}/grid_eigvals"  # (d1, d2) float32: Λ in the Kronecker basis
+
+
+def curvature_datasets(index: int, kind: str) -> list[str]:
+    """One layer's curvature datasets: the Woodbury subspace, or the Kronecker factors."""
+    if kind in WOODBURY_KINDS:
+        return [eigvecs(index), eigvals(index), curvature_scalars(index)]
+    return [
+        basis_in(index),
+        basis_out(index),
+        values_in(index),
+        values_out(index),
+        grid_eigvals(index),
+        curvature_scalars(index),
+    ]
+
+
+def layer_datasets(index: int, kind: str) -> list[str]:
     """Every dataset of one layer: projections, then curvature."""
-    return [p_in(index), p_out(index), eigvecs(index), eigvals(index), curvature_scalars(index)]
+    return [p_in(index), p_out(index), *curvature_datasets(index, kind)]
 
 
-def checksummed_datasets(n_layers: int) -> list[str]:
+def checksummed_datasets(n_layers: int, kind: str) -> list[str]:
     """The datasets a single-file index checksums, in the order the digests are stored."""
     names = [*EXAMPLE_COLUMNS.values(), FACTORS]
     for index in range(n_layers):
-        names += layer_datasets(index)
+        names += layer_datasets(index, kind)
     return names
 
 
-def required_datasets(n_layers: int) -> list[str]:
+def required_datasets(n_layers: int, kind: str) -> list[str]:
     """What a readable index must contain."""
-    return [*checksummed_datasets(n_layers), CHECKSUMS]
+    return [*checksummed_datasets(n_layers, kind), CHECKSUMS]
+
+
+def curvature_kind(metadata: dict[str, Any]) -> str:
+    """The curvature kind an index holds (recorded in its config)."""
+    return str(metadata["config"]["curvature"])
 
 
 def partial_path(out: Path, suffix: str = "") -> Path:

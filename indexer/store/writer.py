@@ -20,6 +20,7 @@ import torch
 
 from lorif_serve.indexer.core.curvature import Curvature
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
+from lorif_serve.indexer.core.kronecker import AnyCurvature
 from lorif_serve.indexer.core.projection import LayerProjection
 from lorif_serve.indexer.store import schema
 from lorif_serve.indexer.store.checksums import dataset_digests
@@ -41,11 +42,14 @@ def create_index_file(
     curvature_ranks: Sequence[int],
     examples: dict[str, Sequence[Any]],
     storage_dtype: str,
+    curvature_kind: str = schema.WOODBURY,
 ) -> None:
     """Create ``path`` with all datasets allocated; examples and projections written now.
 
     Args:
+        curvature_ranks: r per layer (the Woodbury subspace's width; unused for Kronecker).
         examples: columns ``id``, ``text``, ``tokens``, ``metadata`` (dicts), N entries each.
+        curvature_kind: ``factors`` (Woodbury subspace) or a Kronecker kind.
     """
     # libver v110 stores attributes over 64 KiB (the metadata of a many-layer model).
     with h5py.File(path, "w", libver=("v110", "latest")) as f:
@@ -57,8 +61,8 @@ def create_index_file(
         for i, (spec, proj, rank) in enumerate(
             zip(layers, projections, curvature_ranks, strict=True)
         ):
-            _create_layer(f, i, spec, proj, rank)
-        names = schema.checksummed_datasets(len(layers))
+            _create_layer(f, i, spec, proj, rank, curvature_kind)
+        names = schema.checksummed_datasets(len(layers), curvature_kind)
         sums = f.create_dataset(
             schema.CHECKSUMS, (len(names),), f"S{schema.CHECKSUM_WIDTH}", dcpl=_early_contiguous()
         )
@@ -85,7 +89,7 @@ def _write_examples(f: h5py.File, examples: dict[str, Sequence[Any]]) -> None:
 
 
 def _create_layer(
-    f: h5py.File, i: int, spec: LayerSpec, proj: LayerProjection, curvature_rank: int
+    f: h5py.File, i: int, spec: LayerSpec, proj: LayerProjection, curvature_rank: int, kind: str
 ) -> None:
     group = f.require_group(schema.layer_group(i))
     group.attrs[schema.ATTR_LAYER_NAME] = spec.name
@@ -93,10 +97,23 @@ def _create_layer(
     group.attrs[schema.ATTR_PROJECTION_RULE] = schema.PROJECTION_RULE
     f.create_dataset(schema.p_in(i), data=proj.p_in.numpy().astype(np.float32))
     f.create_dataset(schema.p_out(i), data=proj.p_out.numpy().astype(np.float32))
-    dcpl = _early_contiguous
-    f.create_dataset(schema.eigvecs(i), (spec.dim, curvature_rank), np.float32, dcpl=dcpl())
-    f.create_dataset(schema.eigvals(i), (curvature_rank,), np.float32, dcpl=dcpl())
-    f.create_dataset(schema.curvature_scalars(i), (2,), np.float64, dcpl=dcpl())
+    shapes: dict[str, tuple[int, ...]]
+    if kind in schema.WOODBURY_KINDS:
+        shapes = {
+            schema.eigvecs(i): (spec.dim, curvature_rank),
+            schema.eigvals(i): (curvature_rank,),
+        }
+    else:
+        shapes = {
+            schema.basis_in(i): (spec.d1, spec.d1),
+            schema.basis_out(i): (spec.d2, spec.d2),
+            schema.values_in(i): (spec.d1,),
+            schema.values_out(i): (spec.d2,),
+            schema.grid_eigvals(i): (spec.d1, spec.d2),
+        }
+    for name, shape in shapes.items():
+        f.create_dataset(name, shape, np.float32, dcpl=_early_contiguous())
+    f.create_dataset(schema.curvature_scalars(i), (2,), np.float64, dcpl=_early_contiguous())
 
 
 class RawWriter:
@@ -124,9 +141,23 @@ class RawWriter:
         """Store a (B, F) block of packed factor rows starting at ``first_row``."""
         self._write(schema.FACTORS, schema.to_storage(rows, self.storage_dtype), first_row)
 
-    def write_curvature(self, index: int, curvature: Curvature) -> None:
-        self._write(schema.eigvecs(index), curvature.eigvecs.float().cpu().numpy())
-        self._write(schema.eigvals(index), curvature.eigvals.float().cpu().numpy())
+    def write_curvature(self, index: int, curvature: AnyCurvature) -> None:
+        arrays: dict[str, torch.Tensor]
+        if isinstance(curvature, Curvature):
+            arrays = {
+                schema.eigvecs(index): curvature.eigvecs,
+                schema.eigvals(index): curvature.eigvals,
+            }
+        else:
+            arrays = {
+                schema.basis_in(index): curvature.basis_in,
+                schema.basis_out(index): curvature.basis_out,
+                schema.values_in(index): curvature.values_in,
+                schema.values_out(index): curvature.values_out,
+                schema.grid_eigvals(index): curvature.eigvals,
+            }
+        for name, values in arrays.items():
+            self._write(name, values.float().cpu().numpy())
         scalars = np.array([curvature.damping, curvature.trace], dtype=np.float64)
         self._write(schema.curvature_scalars(index), scalars)
 
