@@ -13,7 +13,9 @@ Methods, all scored at the model fine-tuned on the whole pool:
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,27 +35,34 @@ from lorif_serve.indexer.inputs.lm import LoadedModel, identify
 from .common import write_result
 from .quality_setting import Setting, build_setting
 
-VARIANTS = {  # name → index config overrides (f = projection factor)
-    "LoGRA-dense f=4": {"projection_factor": 4, "dense": True, "curvature_rank": 256},
-    "LoRIF f=4 c=1 r=64": {"projection_factor": 4, "factor_rank": 1, "curvature_rank": 64},
-    "LoRIF f=4 c=1 r=16": {"projection_factor": 4, "factor_rank": 1, "curvature_rank": 16},
-    "LoRIF f=8 c=2 r=64": {"projection_factor": 8, "factor_rank": 2, "curvature_rank": 64},
-    "LoRIF f=4 c=4 r=64": {"projection_factor": 4, "factor_rank": 4, "curvature_rank": 64},
-    "LoRIF f=2 c=1 r=64": {"projection_factor": 2, "factor_rank": 1, "curvature_rank": 64},
-    "LoRIF f=4 c=1 r=64, paper damping": {
+_PAPER = {"curvature": "factors", "damping": "trace"}  # the paper's Woodbury subspace
+VARIANTS: dict[str, dict[str, Any]] = {  # name → index config overrides (f = projection factor)
+    # The paper's Woodbury subspace of the stored factors (the previous default: f=4 c=1 r=64).
+    "LoGRA-dense f=4": {**_PAPER, "projection_factor": 4, "dense": True, "curvature_rank": 256},
+    "LoRIF f=4 c=1 r=64 (paper)": {**_PAPER, "projection_factor": 4, "factor_rank": 1},
+    "LoRIF f=4 c=1 r=16": {
+        **_PAPER,
         "projection_factor": 4,
         "factor_rank": 1,
-        "curvature_rank": 64,
+        "curvature_rank": 16,
+    },
+    "LoRIF f=8 c=2 r=64": {**_PAPER, "projection_factor": 8, "factor_rank": 2},
+    "LoRIF f=4 c=4 r=64": {**_PAPER, "projection_factor": 4, "factor_rank": 4},
+    "LoRIF f=4 c=1 r=64, paper damping": {
+        **_PAPER,
+        "projection_factor": 4,
+        "factor_rank": 1,
         "damping": "paper",
     },
     "LoRIF f=4 c=1 r=64, rank-1 query": {
+        **_PAPER,
         "projection_factor": 4,
         "factor_rank": 1,
-        "curvature_rank": 64,
         "query_rank": 1,
     },
 }
 # Kronecker curvature in the projected space: kind × factor metric × f × c × damping.
+VARIANTS["default (IndexConfig(): f=8 c=4 ekfac raw)"] = {}
 for _kind in ("kfac", "ekfac"):
     VARIANTS[f"LoGRA-dense f=4 {_kind}"] = {
         "projection_factor": 4,
@@ -61,23 +70,36 @@ for _kind in ("kfac", "ekfac"):
         "curvature": _kind,
         "damping": "trace:0.1",
     }
-    for _f, _c in ((4, 1), (4, 2), (4, 4), (8, 2), (2, 1), (2, 4)):
-        for _metric in ("raw", "whitened"):
-            VARIANTS[f"LoRIF f={_f} c={_c} {_kind} {_metric}"] = {
-                "projection_factor": _f,
-                "factor_rank": _c,
-                "curvature": _kind,
-                "factor_metric": _metric,
-                "damping": "trace:0.1",
-            }
+_FRONTIER = {
+    ("ekfac", "raw"): ((4, 1), (4, 2), (4, 3), (4, 4), (8, 2), (2, 1), (2, 4)),
+    ("ekfac", "whitened"): ((4, 1), (4, 2), (8, 4)),
+    ("kfac", "raw"): ((4, 1), (8, 4)),
+}
+for (_kind, _metric), _points in _FRONTIER.items():
+    for _f, _c in _points:
+        VARIANTS[f"LoRIF f={_f} c={_c} {_kind} {_metric}"] = {
+            "projection_factor": _f,
+            "factor_rank": _c,
+            "curvature": _kind,
+            "factor_metric": _metric,
+            "damping": "trace:0.1",
+        }
+VARIANTS["LoGRA-dense f=4 gradients r=256"] = {
+    "projection_factor": 4,
+    "dense": True,
+    "curvature": "gradients",
+    "curvature_rank": 256,
+    "damping": "trace",
+}
+VARIANTS["LoRIF f=4 c=1 gradients r=64"] = {
+    "projection_factor": 4,
+    "factor_rank": 1,
+    "curvature": "gradients",
+    "curvature_rank": 64,
+    "damping": "trace",
+}
 for _damping in ("trace:0.01", "trace:0.5", "trace:1"):
-    VARIANTS[f"LoRIF f=4 c=1 ekfac whitened, damping {_damping}"] = {
-        "projection_factor": 4,
-        "factor_rank": 1,
-        "curvature": "ekfac",
-        "factor_metric": "whitened",
-        "damping": _damping,
-    }
+    VARIANTS[f"default, damping {_damping}"] = {"damping": _damping}
 
 
 def full_gradients(model: torch.nn.Module, examples: list[Any]) -> torch.Tensor:
@@ -151,6 +173,63 @@ def indexed_scores(setting: Setting, overrides: dict[str, Any], folder: Path) ->
         }
 
 
+PEERS = (  # benchmarks/peers.py methods, in the peers' own environment (scripts/peers.sh)
+    "kronfluence-identity",  # a gradient dot product: must reproduce ours
+    "dattri-tracin",  # likewise
+    "kronfluence-ekfac",
+    "dattri-ekfac",
+    "dattri-kfac",
+    "logix-16",
+    "logix-32",
+    "logix-64",
+)
+PEER_NAMES = {
+    "kronfluence-identity": "kronfluence identity (gradient dot product)",
+    "dattri-tracin": "dattri-llm TracIn (gradient dot product)",
+    "kronfluence-ekfac": "kronfluence EK-FAC",
+    "dattri-ekfac": "dattri-llm EK-FAC",
+    "dattri-kfac": "dattri-llm K-FAC",
+    "logix-16": "logix LoGRA rank 16 (K-FAC)",
+    "logix-32": "logix LoGRA rank 32 (K-FAC)",
+    "logix-64": "logix LoGRA rank 64 (K-FAC)",
+}
+
+
+def export_setting(setting: Setting, folder: Path) -> None:
+    """What benchmarks/peers.py reads: the fine-tuned model, the tokens, the tracked layers."""
+    setting.model.save_pretrained(folder / "model")
+    layers = [layer.name for layer in find_layers(setting.model)]
+    data = {
+        "pool": [e.tokens for e in setting.pool],
+        "queries": [q.tokens for q in setting.queries],
+        "layers": layers,
+    }
+    (folder / "setting.json").write_text(json.dumps(data))
+
+
+def peer_scores(setting: Setting, python: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        export_setting(setting, folder)
+        for method in methods:
+            target = folder / f"{method}.npy"
+            began = time.perf_counter()
+            script = Path(__file__).with_name("peers.py")
+            command = [str(python), str(script), "--setting", str(folder), "--method", method]
+            done = subprocess.run([*command, "--out", str(target)], capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{method} failed:\n{done.stderr[-3000:]}")
+                continue
+            scores = torch.from_numpy(np.load(target)).double()
+            out[PEER_NAMES[method]] = {
+                "scores": scores,
+                "build_seconds": time.perf_counter() - began,
+                "peer": True,
+            }
+    return out
+
+
 def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return np.array([spearmanr(x, y).statistic for x, y in zip(a.numpy(), b.numpy(), strict=True)])
 
@@ -202,6 +281,12 @@ def main() -> None:
     parser.add_argument("--subsets", type=int, default=64)
     parser.add_argument("--only", help="regular expression: run the matching variants only")
     parser.add_argument("--tokens", type=int, default=64, help="chunk length: 64 or 128")
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        help=f"peer methods to run in the same setting (default all: {', '.join(PEERS)})",
+    )
+    parser.add_argument("--peers-python", type=Path, default=Path(".venv-peers/bin/python"))
     args = parser.parse_args()
     setting = build_setting(args.model, args.held_out, args.subsets, chunk=args.tokens)
     variants = {
@@ -222,6 +307,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in tqdm(variants.items(), desc="variants", unit="index"):
             methods[name] = indexed_scores(setting, overrides, Path(tmp))
+    if args.peers is not None:
+        methods.update(peer_scores(setting, args.peers_python, args.peers or list(PEERS)))
     dense = methods["LoGRA-dense f=4"]["scores"]
     rows = []
     for name, method in methods.items():
@@ -279,7 +366,29 @@ def main() -> None:
     )
 
 
+def _family(name: str) -> str:
+    if "ekfac whitened" in name:
+        return "EK-FAC, whitened factors"
+    if "kfac" in name and "ekfac" not in name:
+        return "K-FAC, raw factors"
+    if "ekfac" in name or name.startswith("default"):
+        return "EK-FAC, raw factors"
+    if "gradients" in name:
+        return "Woodbury, sketched from dense gradients"
+    return "Woodbury of the stored factors (paper)"
+
+
+FAMILY_COLORS = {
+    "Woodbury of the stored factors (paper)": "tab:red",
+    "Woodbury, sketched from dense gradients": "tab:gray",
+    "K-FAC, raw factors": "tab:green",
+    "EK-FAC, raw factors": "tab:blue",
+    "EK-FAC, whitened factors": "tab:orange",
+}
+
+
 def plot(rows: list[dict[str, Any]], tokens: int) -> None:
+    """LDS against bytes per example: one colour per curvature family, references as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,44 +396,58 @@ def plot(rows: list[dict[str, Any]], tokens: int) -> None:
 
     from .common import RESULTS
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    seen: set[str] = set()
     for r in rows:
-        if r["bytes_per_example"]:
-            ax.errorbar(
-                r["bytes_per_example"],
-                r["lds"],
-                yerr=[[r["lds"] - r["lds_low"]], [r["lds_high"] - r["lds"]]],
-                fmt="o",
-                capsize=3,
-            )
+        if not r["bytes_per_example"]:
+            continue
+        family = _family(r["method"])
+        ax.errorbar(
+            r["bytes_per_example"],
+            r["lds"],
+            yerr=[[r["lds"] - r["lds_low"]], [r["lds_high"] - r["lds"]]],
+            fmt="o",
+            capsize=2,
+            markersize=4,
+            color=FAMILY_COLORS[family],
+            alpha=0.8,
+            label=None if family in seen else family,
+        )
+        seen.add(family)
+        if r["method"].startswith("default ("):
             ax.annotate(
-                r["method"],
+                "default",
                 (r["bytes_per_example"], r["lds"]),
-                fontsize=7,
-                xytext=(4, 4),
+                fontsize=8,
+                xytext=(6, -10),
                 textcoords="offset points",
+                weight="bold",
             )
-    ax.set_xscale("log")
+    references = ("exact", "gradient dot", "EK-FAC", "logix")
     for r in rows:
-        if not r["bytes_per_example"]:  # methods without an index: horizontal references
-            ax.axhline(r["lds"], linestyle="--", linewidth=0.8, color="grey")
-            ax.annotate(
-                r["method"],
-                (0.01, r["lds"]),
-                xycoords=ax.get_yaxis_transform(),
-                fontsize=7,
-                color="grey",
-                xytext=(0, 2),
-                textcoords="offset points",
-            )
+        name = r["method"]
+        if r["bytes_per_example"] or not any(key in name for key in references):
+            continue
+        if "identity" in name or "TracIn" in name:  # the same line as our dot product
+            continue
+        ax.axhline(r["lds"], linestyle="--", linewidth=0.7, color="grey")
+        ax.annotate(
+            name,
+            (1.01, r["lds"]),
+            xycoords=ax.get_yaxis_transform(),
+            fontsize=6.5,
+            color="dimgrey",
+            va="center",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("index bytes per example (log)")
     ax.set_ylabel("LDS (mean Spearman, 95% CI)")
-    ax.set_title(f"Attribution quality vs storage (BBC, fine-tuning regime, {tokens}-token chunks)")
+    ax.set_title(f"Quality vs storage (BBC, fine-tuning regime, {tokens}-token chunks)")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if tokens == 64 else f"_{tokens}"
-    fig.savefig(RESULTS / f"quality_vs_storage{suffix}.png", dpi=120)
+    fig.savefig(RESULTS / f"quality_vs_storage{suffix}.png", dpi=120, bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def make_synthetic(source: Path, n: int, out: Path, seed: int = 0) -> Path:
         metadata = dict(reader.metadata)
         metadata["dataset"] = {**metadata["dataset"], "path": f"synthetic from {source}", "n": n}
         projections = [reader.projection(i) for i in range(len(reader.layers))]
-        ranks = [int(reader.curvature(i).eigvals.numel()) for i in range(len(reader.layers))]
+        ranks = [reader.curvature(i).rank for i in range(len(reader.layers))]
         columns = {
             "id": [f"syn#{i}" for i in range(n)],
             "text": [""] * n,
@@ -34,7 +34,14 @@ def make_synthetic(source: Path, n: int, out: Path, seed: int = 0) -> Path:
             "metadata": [{}] * n,
         }
         create_index_file(
-            partial, metadata, reader.layers, projections, ranks, columns, reader.storage_dtype
+            partial,
+            metadata,
+            reader.layers,
+            projections,
+            ranks,
+            columns,
+            reader.storage_dtype,
+            reader.curvature_kind,
         )
         writer = RawWriter(partial)
         rng = np.random.default_rng(seed)
@@ -84,6 +91,8 @@ def random_index(path: Path, specs: list, n: int, seed: int = 0, rank: int = 8) 
             "dense": specs[0].dense,
             "factor_rank": specs[0].rank,
             "precision": "float32",
+            "curvature": "factors",
+            "factor_metric": "raw",
         },
         "model": {
             "path": "none",

@@ -57,7 +57,9 @@ def build_api_index(path: Path) -> Path:
         for i, t in enumerate(random_texts(API_DOCS, seed=4))
     ]
     examples = make_examples(iter(records), model.tokenizer, 10)[0]
-    config = IndexConfig(projection_factor=2, factor_rank=2, curvature_rank=6, dtype="fp32")
+    config = IndexConfig(
+        projection_factor=2, factor_rank=2, curvature="factors", curvature_rank=6, dtype="fp32"
+    )
     build_index(model, examples, path, config, progress=False)
     return path
 

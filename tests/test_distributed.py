@@ -20,7 +20,14 @@ from tests import builders
 
 def build_args(model_dir, data_file, out):
     return builders.build_args(
-        model_dir, data_file, out, factor_rank=2, curvature_rank=8, max_tokens=8, batch_size=3
+        model_dir,
+        data_file,
+        out,
+        factor_rank=2,
+        curvature="factors",
+        curvature_rank=8,
+        max_tokens=8,
+        batch_size=3,
     ) + ["--device", "cpu"]
 
 
@@ -226,3 +233,43 @@ def httpx_post(url, body):
     response = httpx.post(f"{url}/v1/attributions", json=body, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def test_two_process_kronecker_build_equals_single_process(model_dir, data_file, tmp_path):
+    """EK-FAC: the pre-pass sample spans both shards; A, S and the moments are summed."""
+    extra = ("--curvature", "ekfac", "--covariance-sample", "9", "--damping", "trace:0.1")
+    single, sharded = tmp_path / "single.h5", tmp_path / "sharded.h5"
+    assert index_main(build_args(model_dir, data_file, single) + list(extra)) == 0
+    result = torchrun(build_args(model_dir, data_file, sharded) + list(extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with IndexReader(single) as one, IndexReader(sharded) as two:
+        assert two.curvature_kind == "ekfac"
+        assert torch.equal(
+            one.rows(0, one.n_examples).view(torch.int16),
+            two.rows(0, two.n_examples).view(torch.int16),
+        )
+        for i in range(len(one.layers)):
+            a, b = one.curvature(i), two.curvature(i)
+            for basis, values in (("basis_in", "values_in"), ("basis_out", "values_out")):
+                # A and S themselves (eigenvectors of near-equal eigenvalues may rotate).
+                qa, qb = getattr(a, basis).double(), getattr(b, basis).double()
+                ma = qa @ torch.diag(getattr(a, values).double()) @ qa.T
+                mb = qb @ torch.diag(getattr(b, values).double()) @ qb.T
+                torch.testing.assert_close(ma, mb, rtol=1e-4, atol=1e-6 * float(ma.abs().max()))
+            assert float(a.eigvals.sum()) == pytest.approx(float(b.eigvals.sum()), rel=1e-4)
+            assert a.damping == pytest.approx(b.damping, rel=1e-5)
+        gen = torch.Generator().manual_seed(3)
+        grads = {
+            s.name: torch.randn(2, s.d1 * s.d2, generator=gen, dtype=torch.float32)
+            for s in one.layers
+        }
+        tops = []
+        for reader in (one, two):
+            hq = {
+                s.name: reader.curvature(i).precondition(grads[s.name]).reshape(2, s.d1, s.d2)
+                for i, s in enumerate(reader.layers)
+            }
+            rows = reader.rows(0, reader.n_examples).float()
+            tops.append(score_block(reader.layout, rows, ScanQuery(hq)).topk(5).indices)
+        assert torch.equal(tops[0], tops[1])
+        assert two.verify() == []

@@ -1,8 +1,8 @@
 """End-to-end index builds: scores read back, exactness of the dense baseline, invariances."""
 
 import h5py
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from lorif_serve.indexer import IndexConfig, IndexReader, build_index
@@ -140,7 +140,8 @@ def test_full_rank_lorif_reproduces_logra_dense(tmp_path):
     torch.testing.assert_close(lowrank_scores, lorif_scores, rtol=1e-6, atol=1e-10)
 
 
-def test_build_does_not_depend_on_batch_size(tmp_path):
+@pytest.mark.parametrize("curvature", ["factors", "ekfac"])
+def test_build_does_not_depend_on_batch_size(tmp_path, curvature):
     model = loaded()
     examples = examples_for(model)
     datasets = []
@@ -148,6 +149,7 @@ def test_build_does_not_depend_on_batch_size(tmp_path):
         config = IndexConfig(
             projection_factor=2,
             factor_rank=2,
+            curvature=curvature,
             curvature_rank=6,
             batch_size=size,
             dtype="fp32",
@@ -155,15 +157,19 @@ def test_build_does_not_depend_on_batch_size(tmp_path):
             max_tokens=12,
         )
         build_index(model, examples, tmp_path / f"b{size}.h5", config, progress=False)
-        with h5py.File(tmp_path / f"b{size}.h5") as f:
-            datasets.append(
-                (f[schema.FACTORS][...], f[schema.eigvals(0)][...], f[schema.eigvecs(0)][...])
-            )
-    (fa, va, ea), (fb, vb, eb) = datasets
+        with IndexReader(tmp_path / f"b{size}.h5") as reader:
+            datasets.append((reader.rows(0, reader.n_examples).numpy(), reader.curvature(0)))
+    (fa, ca), (fb, cb) = datasets
     np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(va, vb, rtol=1e-5)
-    # Eigenvectors up to sign: |cos| of matching columns ≈ 1.
-    np.testing.assert_allclose(np.abs((ea * eb).sum(0)), 1, atol=1e-4)
+    np.testing.assert_allclose(ca.eigvals, cb.eigvals, rtol=1e-5, atol=1e-9)
+    assert ca.damping == pytest.approx(cb.damping, rel=1e-6)
+    if curvature == "factors":
+        # Eigenvectors up to sign: |cos| of matching columns ≈ 1.
+        cosines = (ca.eigvecs * cb.eigvecs).sum(0).abs()
+        np.testing.assert_allclose(cosines, 1, atol=1e-4)
+    else:
+        for a, b in ((ca.basis_in, cb.basis_in), (ca.basis_out, cb.basis_out)):
+            np.testing.assert_allclose((a * b).sum(0).abs(), 1, atol=1e-4)
 
 
 def test_storage_dtypes_round_trip(tmp_path):

@@ -143,3 +143,32 @@ def test_full_rank_index_equals_exact_kronecker_influence(tmp_path, kind, metric
         expected = reference_scores(model, examples, reader, queries, kind)
     # Curvature and rows are stored in float32: agreement to float32 accuracy.
     torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-5 * expected.abs().max().item())
+
+
+def test_cli_builds_and_describes_a_kronecker_index(model_dir, data_file, tmp_path, capsys):
+    from lorif_serve.indexer.cli import main
+    from tests.builders import build_small_index
+
+    out = build_small_index(
+        model_dir,
+        data_file,
+        tmp_path / "k.h5",
+        "--curvature",
+        "ekfac",
+        "--factor-metric",
+        "whitened",
+    )
+    assert main(["verify", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "EK-FAC in the projected space, factors truncated whitened" in capsys.readouterr().out
+
+
+def test_whitened_factors_need_a_kronecker_curvature():
+    from lorif_serve.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a Kronecker curvature"):
+        IndexConfig(curvature="factors", factor_metric="whitened")
+    with pytest.raises(ConfigError, match="trace:K"):
+        IndexConfig(damping="trace:zero")
+    assert IndexConfig(damping="trace:0.1").damping == "trace:0.1"

@@ -25,7 +25,8 @@ def server(model_dir, data_file, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("load")
     small = folder / "small.h5"
-    build_small_index(model_dir, data_file, small)
+    # c = 1: the scan cost per row the load levels below were sized for.
+    build_small_index(model_dir, data_file, small, "--factor-rank", "1")
     # The tiny model's own index grown to 300 k rows, so that a query costs a real scan: the
     # server's capacity is then low enough for one client process to offer 4x of it.
     index = make_synthetic(small, 300_000, folder / "load.h5")

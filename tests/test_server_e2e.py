@@ -18,12 +18,19 @@ from lorif_serve.server.metrics import ServerMetrics
 from lorif_serve.server.settings import ServerSettings
 from tests.builders import build_small_index, featurize
 
+CURVATURES = {
+    "woodbury": ("--curvature-rank", "8"),
+    "ekfac-whitened": ("--curvature", "ekfac", "--factor-metric", "whitened"),
+    "kfac": ("--curvature", "kfac", "--damping", "trace:0.1"),
+}
 
-@pytest.fixture(scope="module")
-def real_index(model_dir, data_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("e2e") / "real.h5"
+
+@pytest.fixture(scope="module", params=list(CURVATURES))
+def real_index(request, model_dir, data_file, tmp_path_factory):
+    """The same corpus indexed with each kind of curvature: the server answers from any."""
+    out = tmp_path_factory.mktemp("e2e") / f"real-{request.param}.h5"
     return build_small_index(
-        model_dir, data_file, out, "--factor-rank", "2", "--curvature-rank", "8"
+        model_dir, data_file, out, "--factor-rank", "2", *CURVATURES[request.param]
     )
 
 

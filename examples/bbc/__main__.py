@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from lorif_serve.errors import IndexFileError
 from lorif_serve.indexer import IndexConfig, build_index
 from lorif_serve.indexer.cli import print_info, print_summary
 from lorif_serve.indexer.store.reader import IndexReader
@@ -20,9 +21,8 @@ from .corpus import load_articles, split, write_jsonl
 from .serve import serve_and_query
 from .train import train
 
-DEMO_INDEX_CONFIG = IndexConfig(
-    projection_factor=4, factor_rank=1, curvature_rank=64, max_tokens=128, batch_size=32
-)
+# The default method (IndexConfig's f, c, curvature, damping); 128-token chunks.
+DEMO_INDEX_CONFIG = IndexConfig(max_tokens=128, batch_size=32)
 
 
 def prepare(cache: Path, steps: int) -> tuple[Path, Path, Path]:
@@ -52,6 +52,22 @@ def prepare(cache: Path, steps: int) -> tuple[Path, Path, Path]:
     return model_dir, train_file, held_out_file
 
 
+def set_aside_if_stale(index: Path, config: IndexConfig) -> None:
+    """An index cached by an earlier demo with other settings is renamed, never deleted."""
+    if not index.exists():
+        return
+    try:
+        with IndexReader(index) as reader:
+            saved = reader.metadata["config"]
+    except IndexFileError:  # e.g. an earlier format version
+        saved = {}
+    if saved == {**config.to_dict(), "device": saved.get("device")}:
+        return
+    aside = index.with_name(f"{index.stem}-old-{int(index.stat().st_mtime)}{index.suffix}")
+    print(f"{index} was built with other settings; keeping it as {aside} and rebuilding")
+    index.rename(aside)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.bbc", description=__doc__)
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/bbc"))
@@ -62,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, train_file, held_out_file = prepare(args.cache_dir, args.steps)
     index = args.cache_dir / "bbc.h5"
     config = IndexConfig(**{**DEMO_INDEX_CONFIG.to_dict(), "device": args.device})
+    set_aside_if_stale(index, config)
     summary = build_index(model_dir, train_file, index, config)
     print_summary(summary)
     with IndexReader(index) as reader:

@@ -24,7 +24,13 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """How to build an index. Every field changes the result, so resuming requires equality."""
+    """How to build an index. Every field changes the result, so resuming requires equality.
+
+    The defaults (f = 8, c = 4, EK-FAC in the projected space, raw factors, λ = 0.1·tr/D)
+    are the best point of the measured quality-vs-storage frontier at or under the bytes of
+    LoGRA rank 16 (docs/benchmarks.md). The paper's configuration is
+    ``IndexConfig(factor_rank=1, curvature="factors", damping="trace")``.
+    """
 
     projection_factor: int | None = field(
         default=8,
@@ -37,13 +43,13 @@ class IndexConfig:
         default=None, metadata=_help("explicit output-side projection width for every layer")
     )
     factor_rank: int = field(
-        default=1, metadata=_help("c: components stored per example per layer (≤ min(d1, d2))")
+        default=4, metadata=_help("c: components stored per example per layer (≤ min(d1, d2))")
     )
     dense: bool = field(
         default=False, metadata=_help("store the projected gradient itself (LoGRA-dense baseline)")
     )
     curvature: str = field(
-        default="factors",
+        default="ekfac",
         metadata=_help(
             "factors: Woodbury subspace of the stored factors (the paper's); gradients: the "
             "same, sketched from the dense gradients in the factor pass; kfac / ekfac: "
@@ -72,7 +78,7 @@ class IndexConfig:
     oversample: int = field(default=10, metadata=_help("p: oversampling of the eigensolver"))
     power_iters: int = field(default=3, metadata=_help("q: power iterations of the eigensolver"))
     damping: str | float = field(
-        default="trace",
+        default="trace:0.1",
         metadata=_help(
             "λ: trace (0.5·tr/D), trace:K (K·tr/D), paper (0.1·mean top r+p eigenvalues) "
             "or a number"

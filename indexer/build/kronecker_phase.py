@@ -29,9 +29,15 @@ from lorif_serve.indexer.core.kronecker import (
     KroneckerStatistics,
     eigen_moments,
     kfac_eigvals,
+    whitening_ratio,
 )
 
 Bases = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # Q_A, a, Q_S, s
+
+
+def _compute_dtype(plan: BuildPlan) -> torch.dtype:
+    """The dtype of the factor pass's gradients (the hooks promote to at least float32)."""
+    return torch.float64 if plan.config.precision == "float64" else torch.float32
 
 
 def sample_rows(n_total: int, size: int) -> list[int]:
@@ -96,7 +102,10 @@ class KroneckerSums:
         self.whitened = plan.config.factor_metric == "whitened"
         self.moments = [torch.zeros(s.d1, s.d2, dtype=torch.float64) for s in plan.specs]
         self.traces = torch.zeros(len(plan.specs), dtype=torch.float64)
-        self._whiteners = [self._curvature(i, torch.zeros(1), 1.0) for i in range(len(bases))]
+        device, dtype = plan.device, _compute_dtype(plan)
+        self._whiteners = [
+            self._curvature(i, torch.zeros(1), 1.0).to(device, dtype) for i in range(len(bases))
+        ]
 
     def observe(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add a batch's dense gradients; return what the factor pass should store."""
@@ -109,8 +118,7 @@ class KroneckerSums:
                 moments = eigen_moments(g, basis_in.to(g.device), basis_out.to(g.device))
                 self.moments[i] += moments.cpu()
             if self.whitened and not spec.dense:
-                whitener = self._whiteners[i].to(g.device, g.dtype)
-                out[spec.name] = whitener.whiten(g)
+                out[spec.name] = self._whiteners[i].whiten(g)
         return out
 
     def state(self) -> dict[str, np.ndarray]:
@@ -144,6 +152,7 @@ class KroneckerSums:
     ) -> KroneckerCurvature:
         basis_in, values_in, basis_out, values_out = self.bases[i]
         whitened = self.whitened and not self.plan.specs[i].dense
+        ratio = whitening_ratio(self.plan.config.damping)
         return KroneckerCurvature(
-            basis_in, basis_out, values_in, values_out, grid, damping, trace, whitened
+            basis_in, basis_out, values_in, values_out, grid, damping, trace, whitened, ratio
         )

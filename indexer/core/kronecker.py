@@ -10,24 +10,35 @@ The curvature of the projected gradients is H = (Q_A ⊗ Q_S) diag(Λ) (Q_A ⊗ 
 Σ_i (Q_Aᵀ G_i Q_S)² of the actual per-example gradients (EK-FAC). Applying H⁻¹ to a query
 costs two small matrix products per side; the index stores d1² + d2² + D numbers per layer.
 
-``whitened`` layers store factors of Ĝ = W_A G W_S with W = (A + λ_A I)^{-1/2} (and the same
-for S), the best rank-c approximation in the metric the score uses; their queries are then
-mapped back with W_A⁻¹ · W_S⁻¹ so that ⟨query, Ĝ_i⟩ = g_qᵀ H⁻¹ g_i exactly.
+``whitened`` layers store factors of Ĝ = W_A G W_S with W_A = (A + ρ·mean(a) I)^{-1/2} (and the
+same for S), close to the best rank-c approximation in the metric the score uses; their
+queries are then mapped back with W_A⁻¹ · W_S⁻¹ so that ⟨query, Ĝ_i⟩ = g_qᵀ H⁻¹ g_i exactly.
+ρ = √K for damping ``trace:K``: the product of the two damped factors then has the floor
+K·tr/D, the score's own damping.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import torch
 
-from lorif_serve.indexer.core.curvature import Curvature
+from lorif_serve.indexer.core.curvature import Curvature, parse_damping
 
-# λ_A = WHITENING_DAMPING · mean(a): the metric in which factors are truncated. It only
-# chooses the truncation; scores stay exact for the stored values.
-WHITENING_DAMPING = 0.1
 KRONECKER_KINDS = ("kfac", "ekfac")
+
+
+def whitening_ratio(damping: str | float) -> float:
+    """ρ for the whitened metric: √K for ``trace:K`` (``trace`` = 0.5), else √0.1.
+
+    It only chooses which rank-c approximation is stored; scores stay exact for it.
+    """
+    if isinstance(damping, str):
+        parsed = parse_damping(damping)
+        if parsed is not None and parsed[0] == "trace":
+            return parsed[1] ** 0.5
+    return 0.1**0.5
 
 
 @dataclass
@@ -42,6 +53,17 @@ class KroneckerCurvature:
     damping: float  # λ
     trace: float  # tr(𝒢ᵀ𝒢) over the dense projected gradients
     whitened: bool = False  # stored rows are Ĝ = W_A G W_S
+    ratio: float = 0.1**0.5  # ρ of the whitened metric
+    # W_A, W_S and their inverses, computed once (per device) rather than per batch.
+    _metric: tuple[torch.Tensor, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sides = ((self.basis_in, self.values_in), (self.basis_out, self.values_out))
+        self._metric = tuple(
+            whitening(basis, values, power, self.ratio)
+            for power in (-0.5, 0.5)
+            for basis, values in sides
+        )
 
     @property
     def rank(self) -> int:
@@ -61,6 +83,7 @@ class KroneckerCurvature:
             self.damping,
             self.trace,
             self.whitened,
+            self.ratio,
         )
 
     def precondition(self, grads: torch.Tensor) -> torch.Tensor:
@@ -73,20 +96,21 @@ class KroneckerCurvature:
         rotated = self.basis_in.T @ g @ self.basis_out
         out = self.basis_in @ (rotated / (self.eigvals + self.damping)) @ self.basis_out.T
         if self.whitened:
-            out = whitening(self.basis_in, self.values_in, power=0.5) @ out
-            out = out @ whitening(self.basis_out, self.values_out, power=0.5)
+            root_in, root_out = self._metric[2], self._metric[3]
+            out = root_in @ out @ root_out
         return out.reshape(grads.shape[0], d1 * d2)
 
     def whiten(self, grads: torch.Tensor) -> torch.Tensor:
         """(B, d1, d2) projected gradients → Ĝ = W_A G W_S, what a whitened layer stores."""
-        left = whitening(self.basis_in, self.values_in, power=-0.5).to(grads.dtype)
-        right = whitening(self.basis_out, self.values_out, power=-0.5).to(grads.dtype)
-        return left @ grads @ right
+        left, right = self._metric[0], self._metric[1]
+        return left.to(grads.dtype) @ grads @ right.to(grads.dtype)
 
 
-def whitening(basis: torch.Tensor, values: torch.Tensor, power: float) -> torch.Tensor:
-    """Q diag((v + λ_v)^power) Qᵀ with λ_v = WHITENING_DAMPING · mean(v)."""
-    damped = values.clamp_min(0) + WHITENING_DAMPING * values.clamp_min(0).mean()
+def whitening(
+    basis: torch.Tensor, values: torch.Tensor, power: float, ratio: float
+) -> torch.Tensor:
+    """Q diag((v + ρ·mean(v))^power) Qᵀ."""
+    damped = values.clamp_min(0) + ratio * values.clamp_min(0).mean()
     damped = damped.clamp_min(torch.finfo(values.dtype).tiny)
     return (basis * damped**power) @ basis.T
 

@@ -46,10 +46,15 @@ class NystromSketch:
         self.trace = 0.0
 
     def accumulate(self, rows: torch.Tensor) -> None:
-        """Add a (B, D) block of dense gradients."""
-        test = self.test.to(rows.device, rows.dtype)
-        self.sketch += (rows.T @ (rows @ test)).to("cpu", self.sketch.dtype)
-        self.trace += float((rows.to(self.sketch.dtype) ** 2).sum())
+        """Add a (B, D) block of dense gradients.
+
+        The product is taken in the sketch's dtype: float32 rounding would leave Ωᵀ Y
+        indefinite by far more than the shift that makes it positive definite.
+        """
+        wide = rows.to(self.sketch.dtype)
+        test = self.test.to(wide.device)
+        self.sketch += (wide.T @ (wide @ test)).cpu()
+        self.trace += float((wide**2).sum())
 
     def reduce(self, all_reduce: Callable[[torch.Tensor], None]) -> None:
         """Sum the sketch and the trace across ranks."""
@@ -65,9 +70,15 @@ class NystromSketch:
             width = self.test.shape[1]
             return torch.zeros(width, dtype=self.sketch.dtype), self.test.clone()
         shift = torch.finfo(self.sketch.dtype).eps * self.dim * scale
-        shifted = self.sketch + shift * self.test
-        core = self.test.T @ shifted
-        lower = torch.linalg.cholesky((core + core.T) / 2)
+        for _ in range(8):  # rounding can still leave the core indefinite: shift harder
+            shifted = self.sketch + shift * self.test
+            core = self.test.T @ shifted
+            lower, info = torch.linalg.cholesky_ex((core + core.T) / 2)
+            if int(info) == 0:
+                break
+            shift *= 100
+        else:
+            raise ValueError("the Nyström core stayed indefinite; the sketch is corrupt")
         factor = torch.linalg.solve_triangular(lower, shifted.T, upper=False).T  # Y_ν C⁻ᵀ
         vectors, singular, _ = torch.linalg.svd(factor, full_matrices=False)
         return (singular**2 - shift).clamp_min(0), vectors

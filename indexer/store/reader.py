@@ -180,7 +180,8 @@ class IndexReader:
 
     def curvature(self, index: int) -> AnyCurvature:
         """Layer ``index``'s curvature, of the kind the index holds."""
-        damping, trace = (float(v) for v in self._file[schema.curvature_scalars(index)][...])
+        scalars = [float(v) for v in self._file[schema.curvature_scalars(index)][...]]
+        damping, trace = scalars[0], scalars[1]
         if self.curvature_kind in schema.WOODBURY_KINDS:
             return Curvature(
                 self._tensor(schema.eigvecs(index)),
@@ -198,6 +199,7 @@ class IndexReader:
             damping,
             trace,
             whitened,
+            scalars[2],
         )
 
     def _tensor(self, name: str) -> torch.Tensor:

@@ -74,7 +74,8 @@ def eigvals(index: int) -> str:
 
 
 def curvature_scalars(index: int) -> str:
-    return f"{layer_group(index)}/curvature_scalars"  # (2,) float64: damping λ, trace
+    # (2,) float64: damping λ, trace; Kronecker kinds (3,): λ, trace, whitening ratio ρ
+    return f"{layer_group(index)}/curvature_scalars"
 
 
 def basis_in(index: int) -> str:

@@ -113,7 +113,8 @@ def _create_layer(
         }
     for name, shape in shapes.items():
         f.create_dataset(name, shape, np.float32, dcpl=_early_contiguous())
-    f.create_dataset(schema.curvature_scalars(i), (2,), np.float64, dcpl=_early_contiguous())
+    scalars = 2 if kind in schema.WOODBURY_KINDS else 3
+    f.create_dataset(schema.curvature_scalars(i), (scalars,), np.float64, dcpl=_early_contiguous())
 
 
 class RawWriter:
@@ -143,12 +144,14 @@ class RawWriter:
 
     def write_curvature(self, index: int, curvature: AnyCurvature) -> None:
         arrays: dict[str, torch.Tensor]
+        scalars = [curvature.damping, curvature.trace]
         if isinstance(curvature, Curvature):
             arrays = {
                 schema.eigvecs(index): curvature.eigvecs,
                 schema.eigvals(index): curvature.eigvals,
             }
         else:
+            scalars.append(curvature.ratio)
             arrays = {
                 schema.basis_in(index): curvature.basis_in,
                 schema.basis_out(index): curvature.basis_out,
@@ -158,8 +161,7 @@ class RawWriter:
             }
         for name, values in arrays.items():
             self._write(name, values.float().cpu().numpy())
-        scalars = np.array([curvature.damping, curvature.trace], dtype=np.float64)
-        self._write(schema.curvature_scalars(index), scalars)
+        self._write(schema.curvature_scalars(index), np.array(scalars, dtype=np.float64))
 
     def flush(self) -> None:
         os.fsync(self._fd)
