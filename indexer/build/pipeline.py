@@ -12,7 +12,7 @@ from lorif_serve.indexer.build.distributed import Dist, shard_path, shard_rows
 from lorif_serve.indexer.build.kronecker_phase import KroneckerSums, fit_bases
 from lorif_serve.indexer.build.phases import factor_phase, finalize, open_build
 from lorif_serve.indexer.build.plan import BuildPlan, plan_build
-from lorif_serve.indexer.build.space import disk_full
+from lorif_serve.indexer.build.space import check_output, disk_full
 from lorif_serve.indexer.build.summary import BuildSummary, existing_summary, summarize
 from lorif_serve.indexer.build.sums import GradientSums, NystromSums
 from lorif_serve.indexer.inputs.examples import Example, make_examples
@@ -46,6 +46,7 @@ def build_index(
     """
     config = config or IndexConfig()
     out = Path(out)
+    check_output(out)
     times: dict[str, float] = {}
     began = time.perf_counter()
     loaded = (
@@ -84,7 +85,7 @@ def _examples(
     if isinstance(data, list):
         return data, [], "<in-memory examples>"
     examples, bad = make_examples(
-        read_records(data), loaded.tokenizer, config.max_tokens, config.on_bad_record
+        read_records(data), loaded.tokenizer, config.max_tokens, config.on_bad_record, str(data)
     )
     return examples, bad, str(Path(data).resolve())
 
@@ -93,6 +94,8 @@ def _run_phases(plan: BuildPlan, times: dict[str, float]) -> int:
     """Factors, curvature, finalize; returns the row the factor phase resumed from."""
     try:
         return _timed_phases(plan, times)
+    except PermissionError as exc:
+        raise BuildError(f"cannot write {plan.partial}: permission denied") from exc
     except OSError as exc:
         if not disk_full(exc):
             raise

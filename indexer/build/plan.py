@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lorif_serve import __version__
+from lorif_serve.errors import ConfigError
 from lorif_serve.indexer.build.config import IndexConfig
 from lorif_serve.indexer.build.distributed import Dist
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
@@ -38,7 +39,16 @@ LAYOUT_DESCRIPTION = (
 def layer_specs(model: torch.nn.Module, config: IndexConfig) -> list[LayerSpec]:
     """The tracked layers with their projected dimensions and factor rank."""
     specs = []
-    for layer in find_layers(model, config.layers or None):
+    layers = find_layers(model, config.layers or None)
+    factor = config.projection_factor
+    if config.d1 is None and factor is not None:
+        narrowest = min(min(layer.in_features, layer.out_features) for layer in layers)
+        if factor > narrowest:
+            raise ConfigError(
+                f"projection_factor {factor} is larger than the narrowest tracked layer "
+                f"({narrowest} wide): its projection would be 0 wide; use at most {narrowest}"
+            )
+    for layer in layers:
         d1, d2 = projected_dims(
             layer.in_features, layer.out_features, config.projection_factor, config.d1, config.d2
         )

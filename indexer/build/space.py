@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,15 @@ def required_bytes(
     projections = sum((s.in_features * s.d1 + s.out_features * s.d2) * 4 for s in specs)
     text = sum(len(e.text.encode()) + len(e.id) + 64 for e in examples)
     return factors + curvature + projections + 2 * text + checkpoints + (1 << 20)
+
+
+def check_output(out: Path) -> None:
+    """Refuse, before anything is loaded, an output whose directory is missing or read-only."""
+    folder = out.parent
+    if not folder.is_dir():
+        raise BuildError(f"output directory {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise BuildError(f"cannot write {out.name}.partial in {folder}: permission denied")
 
 
 def check_space(partial: Path, needed_total: int) -> None:

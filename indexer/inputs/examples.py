@@ -67,12 +67,18 @@ def make_examples(
     tokenizer: Tokenizer,
     max_tokens: int,
     on_bad: str = "skip",
+    source: str = "the input",
 ) -> tuple[list[Example], list[BadRecord]]:
-    """Tokenize and chunk records. Duplicate ids are bad records too."""
+    """Tokenize and chunk records. Duplicate ids are bad records too.
+
+    ``source`` names the input in errors ("0 records in FILE").
+    """
     examples: list[Example] = []
     bad: list[BadRecord] = []
     seen: set[str] = set()
+    count = 0
     for record in records:
+        count += 1
         produced: list[Example | BadRecord]
         if isinstance(record, BadRecord):
             produced = [record]
@@ -91,6 +97,8 @@ def make_examples(
                 bad.append(item)
             else:
                 examples.append(item)
+    if count == 0:
+        raise DataError(f"0 records in {source}")
     if not examples:
         raise DataError("no usable examples" + (f"; first problem: {bad[0]}" if bad else ""))
     return examples, bad

@@ -91,6 +91,8 @@ def load_model(path: str | Path, device: str = "auto", precision: str = "float32
         if source.suffix != ".gguf":
             raise ModelError(f"{source}: a model file must be .gguf; otherwise give a directory")
         directory, kwargs["gguf_file"] = source.parent, source.name
+    elif not (source / "config.json").is_file():
+        raise ModelError(f"{source}: not a Hugging Face model directory (no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
