@@ -26,7 +26,11 @@ from lorif_serve.server.metrics import ServerMetrics
 
 
 class QueueFull(Exception):
-    """No room for the request's queries."""
+    """No room for the request's queries now (→ 503; retrying later may succeed)."""
+
+
+class TooManyQueries(Exception):
+    """A batch larger than the whole queue: it can never be admitted (→ 413)."""
 
 
 class Expired(Exception):
@@ -154,6 +158,11 @@ class DynamicBatcher:
         """
         if self._stop.is_set():
             raise QueueFull("shutting down")
+        if len(items) > self._queue.maxsize:
+            raise TooManyQueries(
+                f"a batch of {len(items)} queries is larger than the server's queue "
+                f"(max_queue {self._queue.maxsize}): split it"
+            )
         budget = min(item.deadline for item in items) - time.perf_counter()
         wait = self.estimated_wait(len(items))
         if wait > budget:

@@ -48,6 +48,10 @@ def install_middleware(app: FastAPI, metrics: ServerMetrics, max_body_bytes: int
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             metrics.rejections.labels("body_too_large").inc()
             return problem_response(413, f"request body over {max_body_bytes} bytes")
+        if request.method == "POST" and not _is_json(request.headers.get("content-type")):
+            metrics.rejections.labels("media_type").inc()
+            given = request.headers.get("content-type") or "no content type"
+            return problem_response(415, f"send the body as application/json (got {given})")
         began = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
@@ -55,3 +59,11 @@ def install_middleware(app: FastAPI, metrics: ServerMetrics, max_body_bytes: int
         metrics.requests.labels(path, request.method, str(response.status_code)).inc()
         metrics.latency.labels(path, request.method).observe(time.perf_counter() - began)
         return response
+
+
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or any ``…+json`` media type, parameters (charset) ignored."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")

@@ -27,7 +27,7 @@ router = APIRouter()
     "/v1/attributions",
     response_model=AttributionResponse,
     response_model_exclude_none=True,
-    responses=error_responses(401, 413, 422, 500, 503, 504),
+    responses=error_responses(401, 413, 415, 422, 500, 503, 504),
     summary="Which training examples made this completion likely?",
 )
 async def attribute(

@@ -87,7 +87,11 @@ class AttributionService:
         if query.layers is not None:
             unknown = sorted(set(query.layers) - self.layer_names)
             if unknown:
-                raise ProblemError(422, f"layers: not tracked by this index: {unknown[:5]}")
+                raise ProblemError(
+                    422,
+                    f"layers: not tracked by this index: {unknown[:5]}; the tracked layers "
+                    f"(exact names) are: {', '.join(spec.name for spec in self.specs)}",
+                )
         encoded = self.featurizer.encode(query.prompt, query.completion)
         tokens = len(encoded[0])
         if tokens > self.max_query_tokens:

@@ -18,7 +18,7 @@ from lorif_serve.client.protocol import (
     IndexSummary,
     queries_of,
 )
-from lorif_serve.server.batcher import DynamicBatcher, Expired, QueueFull, WorkItem
+from lorif_serve.server.batcher import DynamicBatcher, Expired, QueueFull, TooManyQueries, WorkItem
 from lorif_serve.server.errors import ProblemError
 from lorif_serve.server.metrics import ServerMetrics
 from lorif_serve.server.service import AttributionService
@@ -74,6 +74,9 @@ class AttributionServing:
     def _submit(self, items: list[WorkItem]) -> None:
         try:
             self.batcher.submit(items)
+        except TooManyQueries as exc:
+            self.metrics.rejections.labels("batch_too_large").inc()
+            raise ProblemError(413, str(exc)) from exc
         except QueueFull as exc:
             self.metrics.rejections.labels("queue_full").inc()
             retry = {"Retry-After": str(self.settings.retry_after_s)}

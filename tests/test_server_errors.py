@@ -170,3 +170,33 @@ def test_wait_estimate_scales_with_the_queries_ahead():
     assert estimate.seconds(50) == pytest.approx(5.0)
     estimate.started(10)  # in flight: what it has left counts too
     assert 0.9 < estimate.seconds(0) <= 1.0
+
+
+def test_415_for_a_body_that_is_not_json(index_path):
+    app, _ = make_app(index_path)
+    with TestClient(app) as client:
+        plain = client.post(
+            "/v1/attributions",
+            content=b'{"completion": "c"}',
+            headers={"content-type": "text/plain"},
+        )
+        assert "application/json (got text/plain)" in assert_problem(plain, 415)["detail"]
+        charset = {"content-type": "application/json; charset=utf-8"}
+        ok = client.post("/v1/attributions", content=b'{"completion": "shares"}', headers=charset)
+        assert ok.status_code == 200
+
+
+def test_413_for_a_batch_larger_than_the_queue(index_path):
+    app, _ = make_app(index_path, max_queue=4)
+    batch = {"queries": [{"completion": f"shares {i}"} for i in range(5)]}
+    with TestClient(app) as client:
+        body = assert_problem(client.post("/v1/attributions", json=batch), 413)
+        assert "larger than the server's queue (max_queue 4)" in body["detail"]
+
+
+def test_unknown_layer_lists_the_valid_names(index_path):
+    app, _ = make_app(index_path)
+    with TestClient(app) as client:
+        body = {"completion": "c", "layers": ["nope"]}
+        detail = assert_problem(client.post("/v1/attributions", json=body), 422)["detail"]
+        assert "model.layers.0.self_attn.q_proj" in detail and "exact names" in detail
