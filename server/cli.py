@@ -21,7 +21,7 @@ from lorif_serve.server.settings import ServerSettings
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = settings_from_cli(ServerSettings, sys.argv[1:] if argv is None else argv)
+        settings = settings_from_cli(ServerSettings, argv)  # None: sys.argv
     except LorifError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

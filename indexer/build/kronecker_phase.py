@@ -27,6 +27,7 @@ from lorif_serve.indexer.core.gradients import ProjectedGradients, collate
 from lorif_serve.indexer.core.kronecker import (
     KroneckerCurvature,
     KroneckerStatistics,
+    Whitening,
     eigen_moments,
     kfac_eigvals,
     whitening_ratio,
@@ -58,9 +59,10 @@ def fit_bases(plan: BuildPlan, journal: Journal) -> list[Bases]:
             for i, layer in enumerate(bases)
             for key, array in zip("AaSs", layer, strict=True)
         }
-        atomic_write_arrays(path, arrays)
+        atomic_write_arrays(path, arrays)  # float64 round-trips exactly: a resume sees these
         journal.append(event="kronecker_bases")
         crash_point("kronecker-bases")
+        return bases
     saved = read_arrays(path)
     return [
         tuple(torch.from_numpy(saved[f"{i}/{k}"]) for k in "AaSs")  # type: ignore[misc]
@@ -71,18 +73,18 @@ def fit_bases(plan: BuildPlan, journal: Journal) -> list[Bases]:
 def _accumulate_bases(plan: BuildPlan) -> list[Bases]:
     stats = {s.name: KroneckerStatistics(s.d1, s.d2) for s in plan.specs}
     capture = ProjectedGradients(plan.model, {p.name: p for p in plan.projections})
-    stop = plan.first_row + len(plan.examples)
-    rows = [r - plan.first_row for r in sample_rows(plan.n_total, plan.config.covariance_sample)]
-    rows = [r for r in rows if 0 <= r < stop - plan.first_row]
+    first, n = plan.first_row, len(plan.examples)
+    sample = sample_rows(plan.n_total, plan.config.covariance_sample)
+    rows = [r - first for r in sample if first <= r < first + n]  # this shard's share
     size = plan.config.batch_size
-    for first in tqdm(
+    for start in tqdm(
         range(0, len(rows), size),
         desc="kronecker factors",
         unit="batch",
         disable=not plan.progress,
         mininterval=1.0,
     ):
-        chunk = [plan.examples[r] for r in rows[first : first + size]]
+        chunk = [plan.examples[r] for r in rows[start : start + size]]
         batch = collate([e.tokens for e in chunk], [e.loss_start for e in chunk]).to(plan.device)
         capture(batch, observe=lambda name, x, dy: stats[name].accumulate(x, dy))
     if plan.dist is not None:
@@ -102,9 +104,17 @@ class KroneckerSums:
         self.whitened = plan.config.factor_metric == "whitened"
         self.moments = [torch.zeros(s.d1, s.d2, dtype=torch.float64) for s in plan.specs]
         self.traces = torch.zeros(len(plan.specs), dtype=torch.float64)
-        device, dtype = plan.device, _compute_dtype(plan)
-        self._whiteners = [
-            self._curvature(i, torch.zeros(1), 1.0).to(device, dtype) for i in range(len(bases))
+        # What the factor pass truncates for a whitened index, on its device and dtype.
+        ratio = whitening_ratio(plan.config.damping)
+        self._whitenings = [
+            Whitening.of(basis_in, values_in, basis_out, values_out, ratio).to(
+                plan.device, _compute_dtype(plan)
+            )
+            if self.whitened and not spec.dense
+            else None
+            for spec, (basis_in, values_in, basis_out, values_out) in zip(
+                plan.specs, self.bases, strict=True
+            )
         ]
 
     def observe(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -117,8 +127,9 @@ class KroneckerSums:
                 basis_in, _, basis_out, _ = self.bases[i]
                 moments = eigen_moments(g, basis_in.to(g.device), basis_out.to(g.device))
                 self.moments[i] += moments.cpu()
-            if self.whitened and not spec.dense:
-                out[spec.name] = self._whiteners[i].whiten(g)
+            whitening = self._whitenings[i]
+            if whitening is not None:
+                out[spec.name] = whitening.apply(g)
         return out
 
     def state(self) -> dict[str, np.ndarray]:
@@ -136,23 +147,27 @@ class KroneckerSums:
             for moments in self.moments:
                 self.plan.dist.all_reduce(moments)
             self.plan.dist.all_reduce(self.traces)
+        config = self.plan.config
         out = []
         for i, spec in enumerate(self.plan.specs):
             trace = float(self.traces[i])
-            _, values_in, _, values_out = self.bases[i]
+            basis_in, values_in, basis_out, values_out = self.bases[i]
             grid = self.moments[i] if self.ekfac else kfac_eigvals(values_in, values_out, trace)
             top = grid.flatten().sort(descending=True).values
-            kept = top[: self.plan.config.curvature_rank + self.plan.config.oversample]
-            damping = resolve_damping(self.plan.config.damping, trace, spec.dim, kept)
-            out.append(self._curvature(i, grid, trace, damping))
+            kept = top[: config.curvature_rank + config.oversample]
+            damping = resolve_damping(config.damping, trace, spec.dim, kept)
+            whitened = self._whitenings[i] is not None
+            out.append(
+                KroneckerCurvature(
+                    basis_in,
+                    basis_out,
+                    values_in,
+                    values_out,
+                    grid,
+                    damping,
+                    trace,
+                    whitened,
+                    whitening_ratio(config.damping),
+                )
+            )
         return out
-
-    def _curvature(
-        self, i: int, grid: torch.Tensor, trace: float, damping: float = 1.0
-    ) -> KroneckerCurvature:
-        basis_in, values_in, basis_out, values_out = self.bases[i]
-        whitened = self.whitened and not self.plan.specs[i].dense
-        ratio = whitening_ratio(self.plan.config.damping)
-        return KroneckerCurvature(
-            basis_in, basis_out, values_in, values_out, grid, damping, trace, whitened, ratio
-        )

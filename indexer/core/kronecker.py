@@ -54,16 +54,15 @@ class KroneckerCurvature:
     trace: float  # tr(𝒢ᵀ𝒢) over the dense projected gradients
     whitened: bool = False  # stored rows are Ĝ = W_A G W_S
     ratio: float = 0.1**0.5  # ρ of the whitened metric
-    # W_A, W_S and their inverses, computed once (per device) rather than per batch.
-    _metric: tuple[torch.Tensor, ...] = field(init=False, repr=False, compare=False)
+    # W_A, W_S and their inverses: made on first use (whitened layers only), then reused.
+    _metric: Whitening | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        sides = ((self.basis_in, self.values_in), (self.basis_out, self.values_out))
-        self._metric = tuple(
-            whitening(basis, values, power, self.ratio)
-            for power in (-0.5, 0.5)
-            for basis, values in sides
-        )
+    def whitening(self) -> Whitening:
+        if self._metric is None:
+            self._metric = Whitening.of(
+                self.basis_in, self.values_in, self.basis_out, self.values_out, self.ratio
+            )
+        return self._metric
 
     @property
     def rank(self) -> int:
@@ -96,14 +95,54 @@ class KroneckerCurvature:
         rotated = self.basis_in.T @ g @ self.basis_out
         out = self.basis_in @ (rotated / (self.eigvals + self.damping)) @ self.basis_out.T
         if self.whitened:
-            root_in, root_out = self._metric[2], self._metric[3]
-            out = root_in @ out @ root_out
+            out = self.whitening().unapply(out)
         return out.reshape(grads.shape[0], d1 * d2)
 
     def whiten(self, grads: torch.Tensor) -> torch.Tensor:
         """(B, d1, d2) projected gradients → Ĝ = W_A G W_S, what a whitened layer stores."""
-        left, right = self._metric[0], self._metric[1]
-        return left.to(grads.dtype) @ grads @ right.to(grads.dtype)
+        return self.whitening().apply(grads)
+
+
+@dataclass
+class Whitening:
+    """The whitened metric of one layer: Ĝ = W_A G W_S, and W_A⁻¹ M W_S⁻¹ back."""
+
+    left: torch.Tensor  # W_A (d1, d1)
+    right: torch.Tensor  # W_S (d2, d2)
+    left_inverse: torch.Tensor  # W_A⁻¹
+    right_inverse: torch.Tensor  # W_S⁻¹
+
+    @classmethod
+    def of(
+        cls,
+        basis_in: torch.Tensor,
+        values_in: torch.Tensor,
+        basis_out: torch.Tensor,
+        values_out: torch.Tensor,
+        ratio: float,
+    ) -> Whitening:
+        return cls(
+            whitening(basis_in, values_in, -0.5, ratio),
+            whitening(basis_out, values_out, -0.5, ratio),
+            whitening(basis_in, values_in, 0.5, ratio),
+            whitening(basis_out, values_out, 0.5, ratio),
+        )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Whitening:
+        return Whitening(
+            *(
+                m.to(device, dtype)
+                for m in (self.left, self.right, self.left_inverse, self.right_inverse)
+            )
+        )
+
+    def apply(self, grads: torch.Tensor) -> torch.Tensor:
+        """(B, d1, d2) → W_A G W_S."""
+        return self.left.to(grads.dtype) @ grads @ self.right.to(grads.dtype)
+
+    def unapply(self, queries: torch.Tensor) -> torch.Tensor:
+        """(B, d1, d2) → W_A⁻¹ M W_S⁻¹, so that ⟨W_A⁻¹ M W_S⁻¹, W_A G W_S⟩ = ⟨M, G⟩."""
+        return self.left_inverse @ queries @ self.right_inverse
 
 
 def whitening(

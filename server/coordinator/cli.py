@@ -14,7 +14,7 @@ from lorif_serve.server.coordinator.settings import CoordinatorSettings
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = settings_from_cli(CoordinatorSettings, sys.argv[1:] if argv is None else argv)
+        settings = settings_from_cli(CoordinatorSettings, argv)  # None: sys.argv
     except LorifError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
