@@ -160,9 +160,7 @@ def indexed_scores(setting: Setting, overrides: dict[str, Any], folder: Path) ->
         grads, _ = capture(collate([q.tokens for q in setting.queries], [0] * len(setting.queries)))
         curv = {s.name: reader.curvature(i) for i, s in enumerate(reader.layers)}
         hq = precondition(reader.layers, curv, grads, query_rank=query_rank)
-        scores = score_block(
-            reader.layout, reader.rows(0, reader.n_examples).float(), ScanQuery(hq)
-        )
+        scores = score_block(reader.layout, reader.values(0, reader.n_examples), ScanQuery(hq))
         in_file, building = curvature_bytes(reader)
         return {
             "scores": scores.double(),

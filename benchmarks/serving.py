@@ -46,7 +46,8 @@ def gemm_rate() -> float:
 
 def read_floor(engine: ScanEngine) -> float:
     """Seconds to bring the same bytes, in the same blocks, into the same host buffer."""
-    buffer = torch.empty((engine.block_rows, engine.layout.width), dtype=torch.bfloat16)
+    stored = engine.reader.rows(0, 0).dtype
+    buffer = torch.empty((engine.block_rows, engine.codec.width), dtype=stored)
     source = engine._resident  # ram residency: memory → buffer; disk: memory map → buffer
 
     def read() -> None:

@@ -91,6 +91,7 @@ class ScanEngine:
     ) -> None:
         self.reader, self.device = reader, device
         self.layout = reader.layout
+        self.codec = reader.codec
         self.n = reader.n_examples
         self.row_bytes = reader.bytes_per_example
         self.residency = choose_residency(
@@ -110,11 +111,18 @@ class ScanEngine:
             if pin:
                 self._resident = self._resident.pin_memory()
         storage_dtype = reader.rows(0, 0).dtype
-        shape = (self.block_rows, reader.layout.width)
+        stored = (self.block_rows, self.codec.width)
         self._host = [
-            torch.empty(shape, dtype=storage_dtype, pin_memory=pin) for _ in range(_BUFFERS)
+            torch.empty(stored, dtype=storage_dtype, pin_memory=pin) for _ in range(_BUFFERS)
         ]
+        shape = (self.block_rows, self.layout.width)
         self._work = [torch.empty(shape, dtype=self.compute_dtype, device=device) for _ in range(2)]
+        # Quantized rows cross to the GPU as int8 and are decoded there (half the PCIe bytes).
+        self._staging = (
+            [torch.empty(stored, dtype=storage_dtype, device=device) for _ in range(2)]
+            if pin and self.codec.quantized
+            else None
+        )
 
     @property
     def total_bytes(self) -> int:
@@ -213,7 +221,7 @@ class ScanEngine:
         if self.residency == "gpu" and self._resident is not None:
             for start, stop in self._blocks():
                 work = self._work[0][: stop - start]
-                work.copy_(self._resident[start:stop])
+                self.codec.decode_into(self._resident[start:stop], work)
                 yield work, start, stop, 0.0
             return
         if self.residency == "ram" and self._resident is not None:
@@ -262,14 +270,19 @@ class ScanEngine:
                 if previous_use is not None:
                     copy_stream.wait_event(previous_use)
                 with torch.cuda.stream(copy_stream):
-                    work.copy_(host, non_blocking=True)
+                    if self._staging is not None:
+                        staged = self._staging[slot][: stop - start]
+                        staged.copy_(host, non_blocking=True)
+                        self.codec.decode_into(staged, work)
+                    else:
+                        work.copy_(host, non_blocking=True)
                 copied = torch.cuda.Event()
                 copied.record(copy_stream)
                 torch.cuda.current_stream(self.device).wait_event(copied)
                 if release is not None:
                     copied.synchronize()  # the host buffer may be refilled only after its copy
             else:
-                work.copy_(host)  # bf16 → fp32 into a reused buffer
+                self.codec.decode_into(host, work)  # bf16 → fp32 (or int8 × scale), reused buffer
             if release is not None:
                 release()
             yield work, start, stop, waited

@@ -49,8 +49,8 @@ def build_small_index(model_dir: Path, data_file: Path, out: Path, *extra: str) 
     return out
 
 
-def build_api_index(path: Path) -> Path:
-    """An fp32 index of API_DOCS random texts (topic metadata) for the HTTP tests."""
+def build_api_index(path: Path, dtype: str = "fp32") -> Path:
+    """An index of API_DOCS random texts (topic metadata) for the HTTP tests."""
     model = loaded(dtype=torch.float32)
     records = [
         Record(f"doc{i}", "mem", text=t, metadata={"topic": f"t{i % 3}"})
@@ -58,7 +58,7 @@ def build_api_index(path: Path) -> Path:
     ]
     examples = make_examples(iter(records), model.tokenizer, 10)[0]
     config = IndexConfig(
-        projection_factor=2, factor_rank=2, curvature="factors", curvature_rank=6, dtype="fp32"
+        projection_factor=2, factor_rank=2, curvature="factors", curvature_rank=6, dtype=dtype
     )
     build_index(model, examples, path, config, progress=False)
     return path
@@ -88,10 +88,8 @@ def brute_force(index_path, fake, queries, layers=None):
         hq = precondition(reader.layers, curv, stacked)
         if layers is not None:
             hq = {k: v for k, v in hq.items() if k in layers}
-        scores = score_block(
-            reader.layout, reader.rows(0, reader.n_examples).double(), ScanQuery(hq)
-        )
-        return scores, reader.example_ids()
+        values = reader.values(0, reader.n_examples, torch.float64)
+        return score_block(reader.layout, values, ScanQuery(hq)), reader.example_ids()
 
 
 class LiveServer:

@@ -31,3 +31,9 @@ def data_file(tmp_path_factory):
 def index_path(tmp_path_factory):
     """The HTTP tests' index (tests.builders.build_api_index), built once per session."""
     return build_api_index(tmp_path_factory.mktemp("api") / "api.h5")
+
+
+@pytest.fixture(scope="session")
+def int8_index_path(tmp_path_factory):
+    """The same corpus and settings as ``index_path``, stored as int8 rows."""
+    return build_api_index(tmp_path_factory.mktemp("api8") / "api8.h5", dtype="int8")

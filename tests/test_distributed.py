@@ -84,12 +84,8 @@ def test_two_process_build_equals_single_process(builds):
             s.name: torch.randn(2, s.d1, s.d2, generator=torch.Generator().manual_seed(3))
             for s in one.layers
         }
-        top_one = score_block(one.layout, one.rows(0, one.n_examples).float(), ScanQuery(hq)).topk(
-            5
-        )
-        top_two = score_block(two.layout, two.rows(0, two.n_examples).float(), ScanQuery(hq)).topk(
-            5
-        )
+        top_one = score_block(one.layout, one.values(0, one.n_examples), ScanQuery(hq)).topk(5)
+        top_two = score_block(two.layout, two.values(0, two.n_examples), ScanQuery(hq)).topk(5)
         assert torch.equal(top_one.indices, top_two.indices)
         assert two.verify() == []
     with h5py.File(sharded) as f:
@@ -269,7 +265,7 @@ def test_two_process_kronecker_build_equals_single_process(model_dir, data_file,
                 s.name: reader.curvature(i).precondition(grads[s.name]).reshape(2, s.d1, s.d2)
                 for i, s in enumerate(reader.layers)
             }
-            rows = reader.rows(0, reader.n_examples).float()
+            rows = reader.values(0, reader.n_examples)
             tops.append(score_block(reader.layout, rows, ScanQuery(hq)).topk(5).indices)
         assert torch.equal(tops[0], tops[1])
         assert two.verify() == []

@@ -31,7 +31,7 @@ def index_scores(reader, model, queries, **scan):
     q = featurize(capture, model.tokenizer, queries, torch.device("cpu"))
     curvatures = {s.name: reader.curvature(i).to("cpu", torch.float64) for i, s in enumerate(specs)}
     hq = precondition(specs, curvatures, {k: v.double() for k, v in q.grads.items()})
-    block = reader.rows(0, reader.n_examples).to(torch.float64)
+    block = reader.values(0, reader.n_examples, torch.float64)
     return score_block(reader.layout, block, ScanQuery(hq, **scan)), q
 
 
@@ -182,7 +182,7 @@ def test_storage_dtypes_round_trip(tmp_path):
         )
         build_index(model, examples, tmp_path / f"{dtype}.h5", config, progress=False)
         with IndexReader(tmp_path / f"{dtype}.h5") as reader:
-            stored[dtype] = reader.rows(0, reader.n_examples).to(torch.float64)
+            stored[dtype] = reader.values(0, reader.n_examples, torch.float64)
             with h5py.File(tmp_path / f"{dtype}.h5") as f:
                 on_disk = f[schema.FACTORS]
                 assert on_disk.chunks is None and on_disk.compression is None  # memory-mappable

@@ -138,7 +138,7 @@ def test_full_rank_index_equals_exact_kronecker_influence(tmp_path, kind, metric
         projections = {reader.projection(i).name: reader.projection(i) for i in range(len(specs))}
         q = featurize(ProjectedGradients(model.model, projections), model.tokenizer, queries)
         hq = precondition(specs, curvatures, {k: v.double() for k, v in q.grads.items()})
-        rows = reader.rows(0, reader.n_examples).double()
+        rows = reader.values(0, reader.n_examples, torch.float64)
         got = score_block(reader.layout, rows, ScanQuery(hq))
         expected = reference_scores(model, examples, reader, queries, kind)
     # Curvature and rows are stored in float32: agreement to float32 accuracy.

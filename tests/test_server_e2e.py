@@ -66,7 +66,7 @@ def test_real_model_query_matches_indexer_math(real_index, model_dir):
         }
         hq = precondition(reader.layers, curv, {k: v.double() for k, v in q.grads.items()})
         scores = score_block(
-            reader.layout, reader.rows(0, reader.n_examples).double(), ScanQuery(hq)
+            reader.layout, reader.values(0, reader.n_examples, torch.float64), ScanQuery(hq)
         )[0]
         ids = reader.example_ids()
     assert [r["id"] for r in body["results"]] == [ids[i] for i in scores.topk(5).indices.tolist()]

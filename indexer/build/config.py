@@ -89,7 +89,11 @@ class IndexConfig:
         metadata=_help("shell globs over module names; default: every linear inside the blocks"),
     )
     dtype: str = field(
-        default="bfloat16", metadata=_help("factor storage: bfloat16 | float16 | float32")
+        default="bfloat16",
+        metadata=_help(
+            "factor storage: bfloat16 | float16 | float32 | int8 (a float32 scale per layer "
+            "side per example; half the bytes of bfloat16)"
+        ),
     )
     precision: str = field(
         default="float32",

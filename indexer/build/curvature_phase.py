@@ -108,7 +108,7 @@ def _stream_pass(
         disable=not plan.progress,
         mininterval=1.0,
     ):
-        block = reader.rows(first, min(first + BLOCK_ROWS, n)).to(plan.device, dtype)
+        block = reader.values(first, min(first + BLOCK_ROWS, n), dtype).to(plan.device)
         for spec, solver in zip(plan.specs, solvers, strict=True):
             solver.accumulate(layout.gradients(spec, block))
     for solver in solvers:

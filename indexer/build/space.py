@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorif_serve.errors import BuildError
+from lorif_serve.indexer.core.codec import RowCodec
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
 from lorif_serve.indexer.core.kronecker import KRONECKER_KINDS
 from lorif_serve.indexer.store import schema
@@ -27,7 +28,8 @@ def required_bytes(
 ) -> int:
     """Disk a build needs: the file, solver checkpoints, headroom for HDF5 metadata."""
     itemsize = schema.STORAGE_DTYPES[config.dtype][0].itemsize
-    factors = len(examples) * RowLayout(specs).width * itemsize
+    codec = RowCodec(RowLayout(specs), schema.torch_storage_dtype(config.dtype))
+    factors = len(examples) * codec.width * itemsize
     pairs = list(zip(specs, curvature_ranks, strict=True))
     if config.curvature in KRONECKER_KINDS:
         # Q_A, Q_S, a, s, Λ in the file; A, S and the moment sums (float64) as checkpoints.

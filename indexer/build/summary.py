@@ -9,6 +9,7 @@ from lorif_serve.errors import BuildError
 from lorif_serve.indexer.build.config import differing_fields
 from lorif_serve.indexer.build.phases import clean_up
 from lorif_serve.indexer.build.plan import BuildPlan, identity_view
+from lorif_serve.indexer.core.codec import RowCodec
 from lorif_serve.indexer.store import schema
 from lorif_serve.indexer.store.reader import IndexReader
 
@@ -51,7 +52,8 @@ def summarize(out: Path, plan: BuildPlan, times: dict[str, float]) -> BuildSumma
         n_examples=plan.metadata["dataset"]["n"],
         n_layers=len(plan.specs),
         n_tokens=plan.metadata["dataset"]["tokens"],
-        bytes_per_example=plan.layout.width * itemsize,
+        bytes_per_example=RowCodec(plan.layout, schema.torch_storage_dtype(plan.config.dtype)).width
+        * itemsize,
         dense_bytes_per_example=sum(s.dim for s in plan.specs) * itemsize,
         file_bytes=_file_bytes(out),
         phase_seconds=times,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from lorif_serve.errors import IndexFileError
+from lorif_serve.indexer.core.codec import RowCodec
 from lorif_serve.indexer.core.curvature import Curvature
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
 from lorif_serve.indexer.core.kronecker import AnyCurvature, KroneckerCurvature
@@ -59,8 +60,11 @@ class IndexReader:
             self.layers = [LayerSpec(**spec) for spec in self.metadata["layers"]]
             self.layout = RowLayout(self.layers)
             self._raw = raw_datasets(self.path)
-            self._check_sizes()
             self.storage_dtype = str(self._file[schema.FACTORS].attrs[schema.ATTR_STORAGE_DTYPE])
+            if self.storage_dtype not in schema.STORAGE_DTYPES:
+                raise IndexFileError(f"{self.path}: unknown storage dtype {self.storage_dtype!r}")
+            self.codec = RowCodec(self.layout, schema.torch_storage_dtype(self.storage_dtype))
+            self._check_sizes()
             self._segments = self._factor_segments()
             # A shard of a distributed build knows where its rows sit in the whole index.
             self.row_offset = int(self.metadata.get("shard", {}).get("row_start", 0))
@@ -90,10 +94,10 @@ class IndexReader:
         factors = self._file[schema.FACTORS]
         if not factors.is_virtual and schema.FACTORS not in self._raw:
             raise IndexFileError(f"{self.path}: the factor dataset is not contiguous")
-        if factors.shape[1] != self.layout.width:
+        if factors.shape[1] != self.codec.width:
             raise IndexFileError(
-                f"{self.path}: factor rows have {factors.shape[1]} values, the layers need "
-                f"{self.layout.width}"
+                f"{self.path}: factor rows have {factors.shape[1]} columns, the layers need "
+                f"{self.codec.width} ({self.storage_dtype})"
             )
         size = os.path.getsize(self.path)
         for raw in self._raw.values():
@@ -153,11 +157,20 @@ class IndexReader:
 
     @property
     def bytes_per_example(self) -> int:
-        return self.layout.width * schema.STORAGE_DTYPES[self.storage_dtype][0].itemsize
+        """Stored bytes per row (int8 rows include their segment scales)."""
+        return self.codec.width * schema.STORAGE_DTYPES[self.storage_dtype][0].itemsize
 
     # ---- bulk data ---------------------------------------------------------------------
+    def values(self, start: int, stop: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(stop-start, F) decoded factor values in ``dtype`` (a copy)."""
+        return self.codec.decode(self.rows(start, stop), dtype)
+
     def rows(self, start: int, stop: int) -> torch.Tensor:
-        """(stop-start, F) factor rows as a zero-copy tensor of the storage dtype."""
+        """(stop-start, width) stored rows as a zero-copy tensor of the storage dtype.
+
+        Decode them with ``codec`` (or read ``values``) before scoring: int8 rows carry
+        their segment scales in the last columns.
+        """
         pieces = [
             mapped[max(start, first) - first : min(stop, end) - first]
             for first, end, mapped in self._segments

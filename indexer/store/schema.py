@@ -21,7 +21,7 @@ FORMAT_VERSION = 2  # 2: curvature kinds (Woodbury subspace or Kronecker factors
 ATTR_FORMAT = "format"
 ATTR_VERSION = "format_version"
 ATTR_METADATA = "metadata"  # JSON: config, model, tokenizer, dataset, layers, loss, ...
-ATTR_STORAGE_DTYPE = "storage_dtype"  # on the factor dataset: "bfloat16" | "float16" | "float32"
+ATTR_STORAGE_DTYPE = "storage_dtype"  # on the factor dataset: bfloat16 | float16 | float32 | int8
 ATTR_CHECKSUMMED = "checksummed"  # on the checksum dataset: JSON list of dataset names
 
 # Datasets.
@@ -145,8 +145,9 @@ STORAGE_DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
     "bfloat16": (np.dtype("<u2"), torch.bfloat16),  # HDF5 has no bf16: the raw bit pattern
     "float16": (np.dtype("<f2"), torch.float16),
     "float32": (np.dtype("<f4"), torch.float32),
+    "int8": (np.dtype("i1"), torch.int8),  # with a float32 scale per segment (core.codec)
 }
-DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "i8": "int8"}
 
 
 def storage_dtype_name(name: str) -> str:
@@ -156,8 +157,12 @@ def storage_dtype_name(name: str) -> str:
     return canonical
 
 
+def torch_storage_dtype(dtype_name: str) -> torch.dtype:
+    return STORAGE_DTYPES[dtype_name][1]
+
+
 def to_storage(values: torch.Tensor, dtype_name: str) -> np.ndarray:
-    """Round a float tensor to the storage dtype and return its on-disk numpy array."""
+    """The on-disk numpy array of a tensor already in the storage dtype (or a float one)."""
     disk_dtype, torch_dtype = STORAGE_DTYPES[dtype_name]
     rounded = values.detach().to("cpu", torch_dtype).contiguous()
     if torch_dtype is torch.bfloat16:

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import torch
 
+from lorif_serve.indexer.core.codec import RowCodec
 from lorif_serve.indexer.core.curvature import Curvature
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
 from lorif_serve.indexer.core.kronecker import AnyCurvature
@@ -56,7 +57,8 @@ def create_index_file(
         f.attrs[schema.ATTR_FORMAT] = schema.FORMAT_NAME
         f.attrs[schema.ATTR_VERSION] = schema.FORMAT_VERSION
         f.attrs[schema.ATTR_METADATA] = json.dumps(metadata, sort_keys=True)
-        _create_factors(f, len(examples["id"]), RowLayout(layers).width, storage_dtype)
+        codec = RowCodec(RowLayout(layers), schema.torch_storage_dtype(storage_dtype))
+        _create_factors(f, len(examples["id"]), codec.width, storage_dtype)
         _write_examples(f, examples)
         for i, (spec, proj, rank) in enumerate(
             zip(layers, projections, curvature_ranks, strict=True)
@@ -125,9 +127,12 @@ class RawWriter:
         self.datasets: dict[str, RawDataset] = raw_datasets(path)
         with h5py.File(path, "r") as f:
             self.storage_dtype = str(f[schema.FACTORS].attrs[schema.ATTR_STORAGE_DTYPE])
+            specs = json.loads(f.attrs[schema.ATTR_METADATA])["layers"]
             self.checksummed: list[str] = json.loads(
                 f[schema.CHECKSUMS].attrs[schema.ATTR_CHECKSUMMED]
             )
+        layout = RowLayout([LayerSpec(**spec) for spec in specs])
+        self.codec = RowCodec(layout, schema.torch_storage_dtype(self.storage_dtype))
         self._fd = os.open(path, os.O_RDWR)
 
     def _write(self, name: str, array: np.ndarray, first_row: int = 0) -> None:
@@ -140,7 +145,8 @@ class RawWriter:
 
     def write_rows(self, first_row: int, rows: torch.Tensor) -> None:
         """Store a (B, F) block of packed factor rows starting at ``first_row``."""
-        self._write(schema.FACTORS, schema.to_storage(rows, self.storage_dtype), first_row)
+        encoded = self.codec.encode(rows)
+        self._write(schema.FACTORS, schema.to_storage(encoded, self.storage_dtype), first_row)
 
     def write_curvature(self, index: int, curvature: AnyCurvature) -> None:
         arrays: dict[str, torch.Tensor]
