@@ -67,7 +67,7 @@ def single_query(service: AttributionService, prompt: str, completion: str) -> d
         item = WorkItem(
             query, service.encode(query), loop.create_future(), loop, time.perf_counter() + 60
         )
-        runs.append(service.process([item])[0].timings)
+        runs.append(service.process([item]).outcomes[0].timings)
     loop.close()
     runs = runs[1:]  # first run warms up
     return {

@@ -15,10 +15,19 @@ def _first_line(text: str | None, width: int = 72) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def _metadata(item: ResultItem, width: int = 24) -> str:
+    """``key=value`` pairs of the example's metadata (e.g. ``topic=sport``), cut to ``width``."""
+    text = ", ".join(f"{key}={value}" for key, value in (item.metadata or {}).items())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def format_table(items: list[ResultItem], title: str) -> str:
-    rows = [f"{title}", f"{'rank':>4}  {'score':>12}  {'id':<28}  text"]
+    rows = [f"{title}", f"{'rank':>4}  {'score':>12}  {'id':<28}  {'metadata':<24}  text"]
     for item in items:
-        rows.append(f"{item.rank:>4}  {item.score:>12.5g}  {item.id:<28}  {_first_line(item.text)}")
+        rows.append(
+            f"{item.rank:>4}  {item.score:>12.5g}  {item.id:<28}  {_metadata(item):<24}  "
+            f"{_first_line(item.text, 56)}"
+        )
     return "\n".join(rows)
 
 
@@ -26,8 +35,13 @@ def render(response: AttributionResponse) -> str:
     parts = []
     if response.query is not None:
         q, t = response.query, response.timings
+        unscored = (
+            f" ({q.unscored_tokens} unscored: no prompt to predict the first token from)"
+            if q.unscored_tokens
+            else ""
+        )
         parts.append(
-            f"completion tokens {q.completion_tokens}, loss {q.loss:.3f}; index "
+            f"completion tokens {q.completion_tokens}{unscored}, loss {q.loss:.3f}; index "
             f"{response.index.name} (N={response.index.n_examples:,}); {t.total_ms:.1f} ms "
             f"(featurize {t.featurize_ms:.1f}, precondition {t.precondition_ms:.1f}, "
             f"scan {t.scan_ms:.1f})"
@@ -42,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client")
     commands = parser.add_subparsers(dest="command", required=True)
     query = commands.add_parser("query", help="attribute one completion")
-    query.add_argument("--url", required=True)
+    query.add_argument("--url", required=True, help="http(s)://host:port; host:port means http")
     query.add_argument("--prompt", default="")
     query.add_argument("--completion", required=True)
     query.add_argument("--top-k", type=int, default=10)

@@ -12,7 +12,12 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from lorif_serve.client.errors import APIConnectionError, APITimeoutError, error_for_status
+from lorif_serve.client.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    InvalidRequestError,
+    error_for_status,
+)
 from lorif_serve.client.protocol import (
     AttributionQuery,
     AttributionResponse,
@@ -28,11 +33,16 @@ M = TypeVar("M", bound=BaseModel)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter; ``Retry-After`` is honoured up to ``max_delay``."""
+    """Exponential backoff with full jitter; ``Retry-After`` is honoured up to ``max_delay``.
+
+    ``total_seconds`` bounds all attempts and waits together (default: the client's
+    ``timeout``), so a dead server costs one timeout, not one per attempt.
+    """
 
     max_retries: int = 3
     initial_delay: float = 0.25
     max_delay: float = 8.0
+    total_seconds: float | None = None
 
     def delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after is not None:
@@ -57,35 +67,70 @@ def _raise_for(response: httpx.Response) -> None:
     raise error_for_status(response.status_code, problem, response.text)
 
 
-def _retry_delay(
-    policy: RetryPolicy,
-    attempt: int,
-    response: httpx.Response | None = None,
-    error: httpx.TransportError | None = None,
-) -> float:
-    """Seconds to wait before the next attempt, or raise the final, typed error."""
-    final = attempt >= policy.max_retries
-    if error is not None:
-        if final:
-            kind = (
-                APITimeoutError if isinstance(error, httpx.TimeoutException) else APIConnectionError
-            )
-            raise kind(str(error) or type(error).__name__) from error
-        return policy.delay(attempt, None)
-    assert response is not None
-    if final or response.status_code not in RETRY_STATUSES:
-        _raise_for(response)
-    return policy.delay(attempt, response.headers.get("retry-after"))
+def base_url(url: str) -> str:
+    """``host:port`` means ``http://host:port``; anything else must be http(s)://."""
+    if "://" not in url:
+        return f"http://{url}"
+    if not url.startswith(("http://", "https://")):
+        raise InvalidRequestError(f"url: use http:// or https://, got {url!r}")
+    return url
+
+
+class _Attempts:
+    """One request's retry state: attempts made, time spent, and when to give up."""
+
+    def __init__(self, policy: RetryPolicy, url: str, budget: float) -> None:
+        self.policy, self.url, self.budget = policy, url, budget
+        self.began = time.monotonic()
+        self.made = 0
+
+    def remaining(self) -> float:
+        return self.budget - (time.monotonic() - self.began)
+
+    def next_delay(
+        self, response: httpx.Response | None = None, error: httpx.TransportError | None = None
+    ) -> float:
+        """Seconds to wait before the next attempt, or raise the final, typed error."""
+        self.made += 1
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        delay = self.policy.delay(self.made - 1, retry_after)
+        final = self.made > self.policy.max_retries or delay >= self.remaining()
+        if error is not None:
+            if final:
+                kind = (
+                    APITimeoutError
+                    if isinstance(error, httpx.TimeoutException)
+                    else (APIConnectionError)
+                )
+                spent = time.monotonic() - self.began
+                raise kind(
+                    f"cannot reach {self.url} ({error or type(error).__name__}) after "
+                    f"{self.made} attempt{'s' if self.made > 1 else ''} in {spent:.1f} s"
+                ) from error
+            return delay
+        assert response is not None
+        if final or response.status_code not in RETRY_STATUSES:
+            _raise_for(response)
+        return delay
+
+
+def _query(**fields: Any) -> AttributionQuery:
+    """Validate here, so a bad query fails before any request, with the server's wording."""
+    try:
+        return AttributionQuery(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'query'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidRequestError(problems) from None
 
 
 def _request_body(prompt: str, completion: str, **options: Any) -> dict[str, Any]:
-    return AttributionQuery(prompt=prompt, completion=completion, **options).model_dump(
-        exclude_none=True
-    )
+    return _query(prompt=prompt, completion=completion, **options).model_dump(exclude_none=True)
 
 
 def _batch_body(queries: list[AttributionQuery] | list[dict[str, Any]]) -> dict[str, Any]:
-    parsed = [q if isinstance(q, AttributionQuery) else AttributionQuery(**q) for q in queries]
+    parsed = [q if isinstance(q, AttributionQuery) else _query(**q) for q in queries]
     return {"queries": [q.model_dump(exclude_none=True) for q in parsed]}
 
 
@@ -93,11 +138,17 @@ class Client:
     """Synchronous client.
 
     Args:
-        url: the server's base URL, e.g. ``http://127.0.0.1:8000``.
+        url: the server's base URL, e.g. ``http://127.0.0.1:8000`` (``host:port`` means
+            ``http://host:port``).
         api_key: bearer key; default ``$LORIF_API_KEY``.
-        timeout: seconds per attempt.
+        timeout: seconds per attempt, and for all attempts of one call together unless
+            ``retry.total_seconds`` says otherwise.
         retry: the retry policy (connection errors, 408/409/429/5xx).
         transport: an httpx transport (tests inject ``httpx.MockTransport``).
+
+    Raises (from every call): ``InvalidRequestError`` before sending a query that the
+    server would refuse, ``APIStatusError`` subclasses for error answers, and
+    ``APIConnectionError`` / ``APITimeoutError`` naming the URL and the attempts made.
     """
 
     def __init__(
@@ -109,23 +160,24 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
+        self.url, self.timeout = base_url(url), timeout
         self._http = httpx.Client(
-            base_url=url, headers=_headers(api_key), timeout=timeout, transport=transport
+            base_url=self.url, headers=_headers(api_key), timeout=timeout, transport=transport
         )
 
     def _send(self, method: str, path: str, model: type[M], json: Any = None) -> M:
-        attempt = 0
+        attempts = _Attempts(self.retry, self.url + path, self.retry.total_seconds or self.timeout)
         while True:
+            timeout = max(0.001, min(self.timeout, attempts.remaining()))
             try:
-                response = self._http.request(method, path, json=json)
+                response = self._http.request(method, path, json=json, timeout=timeout)
             except httpx.TransportError as exc:
-                delay = _retry_delay(self.retry, attempt, error=exc)
+                delay = attempts.next_delay(error=exc)
             else:
                 if response.is_success:
                     return model.model_validate_json(response.content)
-                delay = _retry_delay(self.retry, attempt, response=response)
+                delay = attempts.next_delay(response=response)
             time.sleep(delay)
-            attempt += 1
 
     def attribute(
         self,
@@ -181,23 +233,24 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
+        self.url, self.timeout = base_url(url), timeout
         self._http = httpx.AsyncClient(
-            base_url=url, headers=_headers(api_key), timeout=timeout, transport=transport
+            base_url=self.url, headers=_headers(api_key), timeout=timeout, transport=transport
         )
 
     async def _send(self, method: str, path: str, model: type[M], json: Any = None) -> M:
-        attempt = 0
+        attempts = _Attempts(self.retry, self.url + path, self.retry.total_seconds or self.timeout)
         while True:
+            timeout = max(0.001, min(self.timeout, attempts.remaining()))
             try:
-                response = await self._http.request(method, path, json=json)
+                response = await self._http.request(method, path, json=json, timeout=timeout)
             except httpx.TransportError as exc:
-                delay = _retry_delay(self.retry, attempt, error=exc)
+                delay = attempts.next_delay(error=exc)
             else:
                 if response.is_success:
                     return model.model_validate_json(response.content)
-                delay = _retry_delay(self.retry, attempt, response=response)
+                delay = attempts.next_delay(response=response)
             await asyncio.sleep(delay)
-            attempt += 1
 
     async def attribute(
         self,

@@ -32,6 +32,13 @@ class BadRequestError(APIStatusError):
     """400/422: the request is invalid; fix it before retrying."""
 
 
+class InvalidRequestError(BadRequestError):
+    """The request is invalid before it is sent (checked with the server's own models)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(422, Problem(title="Unprocessable Content", status=422, detail=detail))
+
+
 class AuthenticationError(APIStatusError):
     """401/403: missing or wrong API key."""
 

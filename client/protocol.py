@@ -55,7 +55,14 @@ class ResultItem(BaseModel):
 class QueryInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
-    loss: float = Field(description="Summed cross-entropy of the completion tokens.")
+    unscored_tokens: int = Field(
+        0,
+        description=(
+            "Completion tokens with no loss: with an empty prompt the first completion token "
+            "has no context to be predicted from, so it is not scored (1); otherwise 0."
+        ),
+    )
+    loss: float = Field(description="Summed cross-entropy of the scored completion tokens.")
     energy_kept: float | None = Field(None, description="Low-rank query scans only.")
 
 

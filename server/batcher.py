@@ -28,6 +28,10 @@ from lorif_serve.server.metrics import ServerMetrics
 class QueueFull(Exception):
     """No room for the request's queries now (→ 503; retrying later may succeed)."""
 
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until the queue should have room, if known
+
 
 class TooManyQueries(Exception):
     """A batch larger than the whole queue: it can never be admitted (→ 413)."""
@@ -46,6 +50,10 @@ class WorkItem:
     deadline: float
     enqueued: float = field(default_factory=time.perf_counter)
 
+    @property
+    def tokens(self) -> int:
+        return len(self.encoded[0])
+
     def resolve(self, outcome: Any) -> None:
         def settle() -> None:
             if self.future.done():
@@ -61,51 +69,66 @@ class WorkItem:
             pass  # the requester's event loop is gone: nobody is waiting for this answer
 
 
-Process = Callable[[Sequence[WorkItem]], Sequence[Any]]
+@dataclass
+class Answered:
+    """What ``process`` returns: one outcome per item, and how long featurizing took."""
+
+    outcomes: Sequence[Any]
+    featurize_seconds: float = 0.0
+
+
+Process = Callable[[Sequence[WorkItem]], Answered]
 
 
 class WaitEstimate:
-    """Seconds until queued queries are answered, from the measured cost per query.
+    """Seconds until queued queries are answered: measured cost per token plus per batch.
 
-    A batch's cost is measured per query (a real model featurizes every query of a batch,
-    so a 16-query batch costs far more than one), averaged over recent batches. The
-    estimate covers only what is queued or in flight, so it falls back to zero when the
-    server is idle: an idle server always admits a request, which also re-measures the cost
-    after an unusually slow batch.
+    Featurizing runs the model over every token of every query, so it is measured per token
+    (a 16-query batch of long queries costs far more than one short query); the rest of a
+    batch (preconditioning, one scan shared by the whole batch) is measured per batch.
+    Both are smoothed over recent batches. The estimate covers only what is queued or in
+    flight, so it is zero on an idle server: an idle server always admits a request, which
+    also re-measures the cost after an unusually slow batch.
     """
 
     def __init__(self, smoothing: float = 0.2) -> None:
         self.smoothing = smoothing
-        self.per_query = 0.0
+        self.per_token = 0.0
+        self.per_batch = 0.0
+        self._measured = False
         self._lock = threading.Lock()
-        self._in_flight = 0
+        self._in_flight_tokens = 0
         self._in_flight_since = 0.0
+        self._busy = False
 
-    def started(self, queries: int) -> None:
+    def started(self, tokens: int) -> None:
         with self._lock:
-            self._in_flight, self._in_flight_since = queries, time.perf_counter()
+            self._busy, self._in_flight_tokens = True, tokens
+            self._in_flight_since = time.perf_counter()
 
-    def finished(self, queries: int, seconds: float) -> None:
+    def finished(self, tokens: int, seconds: float, featurize_seconds: float) -> None:
         with self._lock:
-            sample = seconds / max(queries, 1)
-            if self.per_query == 0.0:
-                self.per_query = sample
+            token_cost = featurize_seconds / max(tokens, 1)
+            batch_cost = max(0.0, seconds - featurize_seconds)
+            if not self._measured:
+                self.per_token, self.per_batch, self._measured = token_cost, batch_cost, True
             else:
-                self.per_query += self.smoothing * (sample - self.per_query)
-            self._in_flight = 0
+                self.per_token += self.smoothing * (token_cost - self.per_token)
+                self.per_batch += self.smoothing * (batch_cost - self.per_batch)
+            self._busy = False
 
-    def seconds(self, queued: int) -> float:
-        """Time to answer ``queued`` queries waiting behind the batch in flight."""
+    def seconds(self, queued_tokens: int, queued_batches: int) -> float:
+        """Time to answer what is queued (its tokens, in this many batches) and in flight."""
         with self._lock:
             remaining = 0.0
-            if self._in_flight:
-                expected = self._in_flight * self.per_query
+            if self._busy:
+                expected = self._in_flight_tokens * self.per_token + self.per_batch
                 remaining = max(0.0, expected - (time.perf_counter() - self._in_flight_since))
-            return remaining + queued * self.per_query
+            return remaining + queued_tokens * self.per_token + queued_batches * self.per_batch
 
     @property
     def idle(self) -> bool:
-        return self._in_flight == 0
+        return not self._busy
 
 
 class DynamicBatcher:
@@ -125,6 +148,8 @@ class DynamicBatcher:
         self._metrics = metrics
         self._done: Future[None] | None = None
         self.wait = WaitEstimate()
+        self._queued_tokens = 0  # tokens of the queued items (guarded by _tokens_lock)
+        self._tokens_lock = threading.Lock()
 
     def start(self, device: DeviceThread) -> None:
         """Run the scan loop on the thread that owns the device."""
@@ -143,12 +168,15 @@ class DynamicBatcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def estimated_wait(self, extra: int) -> float:
-        """Seconds until ``extra`` more queries would be answered (0 on an idle server)."""
+    def estimated_wait(self, items: Sequence[WorkItem]) -> float:
+        """Seconds until ``items`` would be answered if queued now (0 on an idle server)."""
         queued = self._queue.qsize()
         if queued == 0 and self.wait.idle:
             return 0.0  # nothing ahead: always admit, which also re-measures the cost
-        return self.wait.seconds(queued + extra)
+        with self._tokens_lock:
+            tokens = self._queued_tokens + sum(item.tokens for item in items)
+        batches = -(-(queued + len(items)) // self.max_batch)
+        return self.wait.seconds(tokens, batches)
 
     def submit(self, items: Sequence[WorkItem]) -> None:
         """Enqueue all items or none of them.
@@ -164,9 +192,12 @@ class DynamicBatcher:
                 f"(max_queue {self._queue.maxsize}): split it"
             )
         budget = min(item.deadline for item in items) - time.perf_counter()
-        wait = self.estimated_wait(len(items))
+        wait = self.estimated_wait(items)
         if wait > budget:
-            raise QueueFull(f"busy: the queue needs about {wait:.1f} s, over the request timeout")
+            raise QueueFull(
+                f"busy: the queue needs about {wait:.1f} s, over the request timeout",
+                retry_after=wait - budget,
+            )
         taken = 0
         for _ in items:
             if not self._slots.acquire(blocking=False):
@@ -174,6 +205,8 @@ class DynamicBatcher:
                     self._slots.release()
                 raise QueueFull(f"queue full ({self._queue.maxsize} queries)")
             taken += 1
+        with self._tokens_lock:
+            self._queued_tokens += sum(item.tokens for item in items)
         for item in items:
             self._queue.put_nowait(item)
         self._metrics.queue_depth.set(self._queue.qsize())
@@ -184,6 +217,8 @@ class DynamicBatcher:
         except queue.Empty:
             return None
         self._slots.release()
+        with self._tokens_lock:
+            self._queued_tokens -= item.tokens
         return item
 
     def _next_batch(self) -> list[WorkItem]:
@@ -223,11 +258,13 @@ class DynamicBatcher:
     def _answer(self, live: list[WorkItem]) -> None:
         self._metrics.batch_size.observe(len(live))
         began = time.perf_counter()
-        self.wait.started(len(live))
+        tokens = sum(item.tokens for item in live)
+        self.wait.started(tokens)
         try:
-            outcomes = list(self._process(live))
+            answered = self._process(live)
         except Exception as exc:  # one bad batch must not kill the scan thread
-            outcomes = [exc] * len(live)
-        self.wait.finished(len(live), time.perf_counter() - began)
-        for item, outcome in zip(live, outcomes, strict=True):
+            answered = Answered([exc] * len(live))
+        seconds = time.perf_counter() - began
+        self.wait.finished(tokens, seconds, min(answered.featurize_seconds, seconds))
+        for item, outcome in zip(live, answered.outcomes, strict=True):
             item.resolve(outcome)

@@ -8,12 +8,11 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
-
 from lorif_serve.errors import LorifError
 from lorif_serve.server.app import create_app
 from lorif_serve.server.cli_settings import settings_from_cli
 from lorif_serve.server.device import DeviceThread
+from lorif_serve.server.listen import bind_listener, serve
 from lorif_serve.server.loading import load_service
 from lorif_serve.server.metrics import ServerMetrics
 from lorif_serve.server.settings import ServerSettings
@@ -31,16 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     metrics = ServerMetrics()
     device = DeviceThread()
     try:
-        service = device.call(load_service, settings, metrics)  # fail fast, before binding
+        sock = bind_listener(settings.host, settings.port)  # a taken port fails in milliseconds
+        service = device.call(load_service, settings, metrics)  # then load, before serving
     except (LorifError, OSError) as exc:
         print(f"error: cannot serve: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, service, metrics, device)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.request_timeout_s),
-    )
+    serve(app, sock, settings.log_level, int(settings.request_timeout_s))
     return 0

@@ -7,11 +7,36 @@ each thread gets its own OpenMP team and the two teams fight for the cores (feat
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cache
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+@cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def release_host_memory() -> bool:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``); False where unavailable.
+
+    glibc keeps freed memory in its arenas, so after one long query the process would stay
+    at that query's peak RSS. Trimming costs milliseconds and only runs after large passes.
+    """
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    return bool(trim(0))
 
 
 class DeviceThread:

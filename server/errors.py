@@ -37,12 +37,26 @@ def problem_response(
     )
 
 
+_FORMS = ("AttributionQuery", "BatchAttributionRequest")  # the two shapes of a request body
+
+
 def _validation_detail(exc: RequestValidationError) -> str:
+    """What is wrong, in the request form the client used (one query, or ``queries``)."""
+    errors = list(exc.errors())
+    malformed = [e for e in errors if e.get("type") == "json_invalid"]
+    if malformed:
+        error = malformed[0]
+        position = next((p for p in error.get("loc", ()) if isinstance(p, int)), None)
+        reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+        at = f" at character {position}" if position is not None else ""
+        return f"body: malformed JSON{at}: {reason}"
+    form = _FORMS[1] if isinstance(exc.body, dict) and "queries" in exc.body else _FORMS[0]
+    chosen = [e for e in errors if form in e.get("loc", ())] or errors
     parts = []
-    for error in exc.errors()[:10]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+    for error in chosen[:10]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body" and p not in _FORMS)
         parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts)
+    return "; ".join(dict.fromkeys(parts))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -64,7 +64,9 @@ def load_service(settings: ServerSettings, metrics: ServerMetrics) -> Attributio
         projections = {
             reader.projection(i).name: reader.projection(i) for i in range(len(reader.layers))
         }
-        featurizer = ModelFeaturizer(loaded.model, loaded.tokenizer, projections, device)
+        featurizer = ModelFeaturizer(
+            loaded.model, loaded.tokenizer, projections, device, settings.max_batch_tokens
+        )
         engine = ScanEngine(
             reader,
             device,

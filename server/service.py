@@ -22,7 +22,7 @@ from lorif_serve.client.protocol import (
 from lorif_serve.indexer.core.kronecker import AnyCurvature
 from lorif_serve.indexer.core.query import ScanQuery, precondition
 from lorif_serve.indexer.store.reader import IndexReader
-from lorif_serve.server.batcher import WorkItem
+from lorif_serve.server.batcher import Answered, WorkItem
 from lorif_serve.server.engine import ScanEngine, ScanResult
 from lorif_serve.server.errors import ProblemError
 from lorif_serve.server.featurizer import Encoded, Featurizer
@@ -103,7 +103,8 @@ class AttributionService:
         return encoded
 
     # ---- scan thread ---------------------------------------------------------------------
-    def process(self, items: Sequence[WorkItem]) -> list[AttributionResult]:
+    def process(self, items: Sequence[WorkItem]) -> Answered:
+        """Answer one batch: one featurize pass (split by the token budget), one scan."""
         began = time.perf_counter()
         grads, losses = self.featurizer.gradients([item.encoded for item in items])
         featurized = time.perf_counter()
@@ -128,10 +129,11 @@ class AttributionService:
             scan_blocks=result.blocks,
         )
         energy = self._energy_kept(scan_query, len(items))
-        return [
+        results = [
             self._result(row, item, result, timings, float(losses[row]), energy[row], began)
             for row, item in enumerate(items)
         ]
+        return Answered(results, featurized - began)
 
     def _mask_layers(self, hq: dict[str, torch.Tensor], items: Sequence[WorkItem]) -> None:
         """A query restricted to some layers scores zero through the others: exact, one GEMM."""
@@ -188,6 +190,7 @@ class AttributionService:
         info = QueryInfo(
             prompt_tokens=prompt_tokens,
             completion_tokens=len(tokens) - prompt_tokens,
+            unscored_tokens=start - prompt_tokens,  # the first token when there is no prompt
             loss=loss,
             energy_kept=energy,
         )

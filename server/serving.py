@@ -7,6 +7,7 @@ return what it gives. The coordinator assembles its merged answers with ``assemb
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from lorif_serve.client.protocol import (
@@ -79,8 +80,8 @@ class AttributionServing:
             raise ProblemError(413, str(exc)) from exc
         except QueueFull as exc:
             self.metrics.rejections.labels("queue_full").inc()
-            retry = {"Retry-After": str(self.settings.retry_after_s)}
-            raise ProblemError(503, str(exc), retry) from exc
+            seconds = max(self.settings.retry_after_s, math.ceil(exc.retry_after or 0))
+            raise ProblemError(503, str(exc), {"Retry-After": str(seconds)}) from exc
 
     async def _wait(self, items: list[WorkItem]) -> list[AttributionResult]:
         timeout = self.settings.request_timeout_s

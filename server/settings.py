@@ -74,6 +74,14 @@ class ServerSettings(BaseSettings):
     max_query_tokens: int = Field(
         2048, ge=2, description="Prompt + completion tokens per query; over → 413."
     )
+    max_batch_tokens: int = Field(
+        2048,
+        ge=1,
+        description=(
+            "Padded tokens per featurize pass; larger batches are split (bounds the "
+            "activation memory, see docs/server.md)."
+        ),
+    )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="Request body limit; over → 413.")
     api_keys: ApiKeys = Field(
         default_factory=list,

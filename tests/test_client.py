@@ -13,6 +13,7 @@ from lorif_serve.client import (
     AuthenticationError,
     BadRequestError,
     Client,
+    InvalidRequestError,
     RetryPolicy,
     ServiceUnavailableError,
 )
@@ -157,9 +158,72 @@ def test_cli_prints_a_table(live, capsys):
     )
     out = capsys.readouterr().out
     assert "proponents" in out and out.count("doc") >= 3
+    assert "metadata" in out and "topic=t" in out  # the example's metadata column
     assert cli_main(["query", "--url", live.url, "--completion", "xy", "--json"]) == 0
     assert '"results"' in capsys.readouterr().out
     assert (
         cli_main(["query", "--url", "http://127.0.0.1:9", "--completion", "x", "--timeout", "0.2"])
         == 1
     )
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda c: c.attribute("", ""), "completion"),
+        (lambda c: c.attribute("", "goal", top_k=0), "top_k: Input should be greater"),
+        (lambda c: c.attribute_batch([{"completion": "x", "surprise": 1}]), "surprise"),
+    ],
+)
+def test_invalid_queries_fail_before_sending(call, fragment):
+    sent = []
+    transport = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))
+    with Client("http://127.0.0.1:9", transport=transport) as client:
+        with pytest.raises(InvalidRequestError) as caught:
+            call(client)
+    assert isinstance(caught.value, BadRequestError) and caught.value.status == 422
+    assert fragment in str(caught.value) and not sent
+
+
+def test_url_without_a_scheme_means_http(live):
+    with Client(live.url.removeprefix("http://")) as client:
+        assert client.health().status == "ready"
+    with pytest.raises(InvalidRequestError, match="http:// or https://"):
+        Client("ftp://example.org")
+
+
+def test_transport_errors_name_the_url_and_attempts():
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    policy = RetryPolicy(max_retries=2, initial_delay=0.01)
+    with Client("127.0.0.1:9", transport=httpx.MockTransport(refuse), retry=policy) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            client.health()
+    message = str(caught.value)
+    assert "cannot reach http://127.0.0.1:9/readyz (connection refused)" in message
+    assert "after 3 attempts" in message
+
+
+def test_retries_stop_at_the_total_time_budget():
+    """A server that never answers costs one timeout in all, not one per attempt."""
+
+    def slow_refusal(request):
+        time.sleep(0.15)
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    policy = RetryPolicy(max_retries=50, initial_delay=0.01, max_delay=0.02)
+    began = time.perf_counter()
+    with Client(
+        "http://127.0.0.1:9", timeout=0.5, transport=httpx.MockTransport(slow_refusal), retry=policy
+    ) as client:
+        with pytest.raises(APITimeoutError) as caught:
+            client.health()
+    assert time.perf_counter() - began < 0.5 + 0.15 + 0.1
+    assert "attempts" in str(caught.value)
+
+
+def test_cli_bad_arguments_are_one_line(capsys):
+    assert cli_main(["query", "--url", "127.0.0.1:9", "--completion", "x", "--top-k", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 422") and "top_k" in err and "Traceback" not in err

@@ -37,7 +37,12 @@ def test_topk_equals_brute_force(index_path, residency, block_rows):
     check(body, scores[0], ids, 7, opponents=True)
     assert body["results"][0]["text"] and body["results"][0]["metadata"]["topic"].startswith("t")
     assert body["index"]["residency"] == residency
-    assert body["query"] == {"prompt_tokens": 10, "completion_tokens": 11, "loss": 21.0}
+    assert body["query"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 11,
+        "unscored_tokens": 0,
+        "loss": 21.0,
+    }
     timings = body["timings"]
     assert timings["scan_blocks"] == -(-body["index"]["n_examples"] // block_rows)
     assert timings["total_ms"] >= timings["scan_ms"] > 0
@@ -101,3 +106,11 @@ def test_concurrent_clients_are_batched_and_exact(index_path):
     assert max(fake.batch_sizes) > 1
     count = float(re.search(r"^lorif_batch_size_count (\S+)", metrics, re.M).group(1))
     assert count < 32  # fewer scans than queries
+
+
+def test_an_empty_prompt_reports_its_unscored_first_token(index_path):
+    app, _ = make_app(index_path)
+    with TestClient(app) as client:
+        body = client.post("/v1/attributions", json={"completion": "shares"}).json()
+    assert body["query"]["prompt_tokens"] == 0 and body["query"]["completion_tokens"] == 6
+    assert body["query"]["unscored_tokens"] == 1  # no context to predict the first token

@@ -67,3 +67,30 @@ def test_bad_settings_are_one_clear_line(argv, message):
         settings_from_cli(ServerSettings, argv)
     assert message in str(caught.value)
     assert "errors.pydantic.dev" not in str(caught.value)
+
+
+@pytest.mark.parametrize("module", ["server", "server.coordinator"])
+def test_a_taken_port_is_one_line_before_anything_loads(index_path, module):
+    """Bound first: the server says so in milliseconds instead of after loading the model."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        target = ["--index", str(index_path)] if module == "server" else ["--shards", "http://a"]
+        began = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", module, *target, "--port", str(port), "--model", "/nowhere"]
+            if module == "server"
+            else [sys.executable, "-m", module, *target, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in done.stderr
+    assert "Traceback" not in done.stderr and time.monotonic() - began < 30

@@ -27,12 +27,53 @@ from lorif_serve.indexer.core.scoring import (
 Encoded = tuple[list[int], int]  # token ids, index where the completion (the loss) starts
 
 
+def token_budget_groups(lengths: Sequence[int], budget: int | None) -> list[list[int]]:
+    """Positions grouped so that each group's padded size (count × longest) ≤ ``budget``.
+
+    Sorted by length first, so similar lengths share a pass and little is padding. A query
+    longer than the budget on its own forms a group of one. ``None``: one group.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if budget is None:
+        return [order] if order else []
+    groups: list[list[int]] = []
+    for i in order:  # ascending: the newest member is the group's longest
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def query_gradients(
-    capture: ProjectedGradients, encoded: Sequence[Encoded], device: torch.device
+    capture: ProjectedGradients,
+    encoded: Sequence[Encoded],
+    device: torch.device,
+    max_batch_tokens: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Projected gradients {layer: (B, d1, d2)} and losses (B,) of encoded queries, one pass."""
-    batch = collate([ids for ids, _ in encoded], [start for _, start in encoded]).to(device)
-    return capture(batch)
+    """Projected gradients {layer: (B, d1, d2)} and losses (B,) of encoded queries.
+
+    Memory grows with the padded tokens of one forward/backward, so the batch is featurized
+    in passes of at most ``max_batch_tokens`` padded tokens; each query's gradient does not
+    depend on which pass it lands in (padding contributes nothing).
+    """
+    groups = token_budget_groups([len(ids) for ids, _ in encoded], max_batch_tokens)
+    grads: dict[str, torch.Tensor] = {}
+    losses: torch.Tensor | None = None
+    for group in groups:
+        part = [encoded[i] for i in group]
+        batch = collate([ids for ids, _ in part], [start for _, start in part]).to(device)
+        got, loss = capture(batch)
+        rows = torch.tensor(group, device=loss.device)
+        if losses is None:
+            losses = loss.new_empty(len(encoded))
+            grads = {name: g.new_empty((len(encoded), *g.shape[1:])) for name, g in got.items()}
+        losses[rows] = loss
+        for name, g in got.items():
+            grads[name][rows] = g
+    if losses is None:
+        raise ConfigError("no queries to featurize")
+    return grads, losses
 
 
 def precondition(
