@@ -11,6 +11,11 @@ from pathlib import Path
 from .common import RESULTS
 
 DOC = Path(__file__).parent.parent / "docs" / "benchmarks.md"
+README = Path(__file__).parent.parent / "README.md"
+BEGIN, END = (
+    "<!-- serving figures: python -m benchmarks.report -->",
+    "<!-- end of serving figures -->",
+)
 
 SECTIONS = [
     (
@@ -81,6 +86,50 @@ SECTIONS = [
 ]
 
 
+def serving_block(data: dict) -> str:  # type: ignore[type-arg]
+    """The README's serving figures, written from benchmarks/results/serving.json."""
+    m, engine = data["machine"], data["engine"]
+    lines = [
+        f"Serving, one query (B = 1), exact dense preconditioned query, {m['cpu']}, "
+        f"{m['cores']} cores, {data['date']} "
+        "([benchmarks/results/serving.md](benchmarks/results/serving.md), "
+        "`python -m benchmarks.serving`):",
+        "",
+        "| index | N | bytes/example | featurize | precondition | scan (ram / disk) | "
+        "read floor (ram) | compute floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    exact = [r for r in engine if r["query"] == "exact" and r["device"] == "cpu"]
+    for name in dict.fromkeys(r["index"] for r in exact):
+        ram = next(r for r in exact if r["index"] == name and r["residency"] == "ram")
+        disk = next((r for r in exact if r["index"] == name and r["residency"] == "disk"), ram)
+        lines.append(
+            f"| {name} | {ram['n']:,} | {ram['bytes'] // ram['n']:,} | {ram['featurize_ms']:.1f} ms | "
+            f"{ram['precondition_ms']:.1f} ms | {ram['scan_ms']:,.1f} / {disk['scan_ms']:,.1f} ms | "
+            f"{ram['read_floor_ms']:,.1f} ms | {ram['compute_floor_ms']:,.1f} ms |"
+        )
+    levels = ", ".join(
+        f"{h['qps']:.1f} queries/s at {h['clients']} client{'s' if h['clients'] > 1 else ''} "
+        f"(p50 {h['p50_ms']:.0f} ms)"
+        for h in data["http"]
+    )
+    lines += ["", f"Through HTTP on the demo index: {levels}."]
+    return "\n".join(lines)
+
+
+def update_readme() -> bool:
+    """Rewrite the README's marked serving block; False when there is no block or no result."""
+    serving = RESULTS / "serving.json"
+    text = README.read_text()
+    if BEGIN not in text or END not in text or not serving.exists():
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    block = serving_block(json.loads(serving.read_text()))
+    README.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
+    return True
+
+
 def main() -> None:
     parts = [
         "# Benchmarks\n\n",
@@ -105,6 +154,8 @@ def main() -> None:
     )
     DOC.write_text("".join(parts))
     print(f"wrote {DOC}")
+    if update_readme():
+        print(f"updated the serving figures in {README}")
 
 
 if __name__ == "__main__":

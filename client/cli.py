@@ -15,10 +15,21 @@ def _first_line(text: str | None, width: int = 72) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+_CHUNK_KEYS = ("doc_id", "title", "chunk", "span")  # shown through the id and the text
+
+
 def _metadata(item: ResultItem, width: int = 24) -> str:
-    """``key=value`` pairs of the example's metadata (e.g. ``topic=sport``), cut to ``width``."""
-    text = ", ".join(f"{key}={value}" for key, value in (item.metadata or {}).items())
+    """``key=value`` pairs of the example's own metadata (e.g. ``topic=sport``), cut."""
+    pairs = [(k, v) for k, v in (item.metadata or {}).items() if k not in _CHUNK_KEYS]
+    text = ", ".join(f"{key}={value}" for key, value in pairs)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _text(item: ResultItem, width: int = 56) -> str:
+    """The chunk's first line; after the first chunk, prefixed by its document's title."""
+    meta = item.metadata or {}
+    title = meta.get("title") if meta.get("chunk", 0) else None
+    return _first_line(f"[{title}] {item.text or ''}" if title else item.text, width)
 
 
 def format_table(items: list[ResultItem], title: str) -> str:
@@ -26,7 +37,7 @@ def format_table(items: list[ResultItem], title: str) -> str:
     for item in items:
         rows.append(
             f"{item.rank:>4}  {item.score:>12.5g}  {item.id:<28}  {_metadata(item):<24}  "
-            f"{_first_line(item.text, 56)}"
+            f"{_text(item)}"
         )
     return "\n".join(rows)
 

@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print an index's metadata")
     info.add_argument("index", type=Path)
     info.add_argument("--json", action="store_true", help="raw JSON metadata")
+    info.add_argument(
+        "--skipped", action="store_true", help="list the skipped records (the first 20 kept)"
+    )
     verify = commands.add_parser("verify", help="check checksums, shapes and format version")
     verify.add_argument("index", type=Path)
     return parser
@@ -66,6 +69,9 @@ def _config(args: argparse.Namespace) -> IndexConfig:
     return IndexConfig(**{**values, "layers": tuple(values["layers"])})
 
 
+SHOWN_SKIPPED = 10  # skipped records the build summary lists
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.2f} MiB"
 
@@ -93,7 +99,12 @@ def print_summary(summary: BuildSummary) -> None:
         rate = summary.n_examples / max(summary.phase_seconds["factors"], 1e-9)
         print(f"  throughput          {rate:,.1f} examples/s (factor phase)")
     if summary.bad_records:
-        print(f"  skipped records     {len(summary.bad_records)}; first: {summary.bad_records[0]}")
+        print(f"  skipped records     {len(summary.bad_records)}:")
+        for record in summary.bad_records[:SHOWN_SKIPPED]:
+            print(f"    {record}")
+        if len(summary.bad_records) > SHOWN_SKIPPED:
+            more = len(summary.bad_records) - SHOWN_SKIPPED
+            print(f"    … and {more} more (`lorif-index info --skipped` lists the first 20)")
 
 
 def describe_curvature(config: dict[str, Any]) -> str:
@@ -135,6 +146,15 @@ def print_info(reader: IndexReader) -> None:
         )
 
 
+def print_skipped(reader: IndexReader) -> None:
+    data = reader.metadata["dataset"]
+    sample = data.get("bad_record_sample", [])
+    print(f"{data['bad_records']} skipped records in {data['path']}", end="")
+    print(f" (the first {len(sample)}):" if sample else "")
+    for line in sample:
+        print(f"  {line}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Over a file-size limit, get EFBIG (a clear error) instead of being killed by SIGXFSZ.
@@ -150,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             with IndexReader(args.index) as reader:
                 if args.json:
                     print(json.dumps(reader.metadata, indent=2))
+                elif args.skipped:
+                    print_skipped(reader)
                 else:
                     print_info(reader)
         else:

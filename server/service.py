@@ -218,6 +218,13 @@ class AttributionService:
         config = meta["config"]
         model = {k: v for k, v in meta["model"].items() if expose_paths or k != "path"}
         dataset = {k: v for k, v in meta["dataset"].items() if expose_paths or k != "path"}
+        if not expose_paths:
+            if "name" in model:  # the name is the path as given at build time
+                model["name"] = Path(str(model["name"])).name
+            folder = str(Path(str(meta["dataset"].get("path", ""))).parent) + "/"
+            dataset["bad_record_sample"] = [  # "<data file>:<line> (id): reason"
+                str(line).replace(folder, "") for line in dataset.get("bad_record_sample", [])
+            ]
         layers = [
             LayerInfo(
                 name=spec.name,

@@ -70,7 +70,12 @@ def make_app(index_path, residency="ram", block_rows=16, delay=0.0, **settings):
     fake = FakeFeaturizer(reader.layers, delay)
     engine = ScanEngine(reader, torch.device("cpu"), residency, block_rows)
     service = AttributionService(
-        reader, fake, engine, ServerMetrics(), settings.pop("max_query_tokens", 2048)
+        reader,
+        fake,
+        engine,
+        ServerMetrics(),
+        settings.pop("max_query_tokens", 2048),
+        expose_paths=settings.get("expose_paths", False),
     )
     app = create_app(ServerSettings(index=index_path, **settings), service)
     return app, fake

@@ -196,3 +196,15 @@ def test_unknown_layer_lists_the_valid_names(index_path):
         body = {"completion": "c", "layers": ["nope"]}
         detail = assert_problem(client.post("/v1/attributions", json=body), 422)["detail"]
         assert "model.layers.0.self_attn.q_proj" in detail and "exact names" in detail
+
+
+def test_index_info_hides_every_build_path_unless_asked(model_dir, data_file, tmp_path):
+    from tests.builders import build_small_index
+
+    index = build_small_index(model_dir, data_file, tmp_path / "paths.h5")
+    for expose, visible in ((False, False), (True, True)):
+        app, _ = make_app(index, expose_paths=expose)
+        with TestClient(app) as client:
+            text = client.get("/v1/index").text
+        assert (str(model_dir) in text) is visible and (str(data_file) in text) is visible
+        assert (str(tmp_path) in text) is visible

@@ -1,8 +1,9 @@
 """Records become examples: tokenized, chunked, with the loss mask the build uses.
 
-Long documents are cut into chunks of at most ``max_tokens`` tokens with ids
-``<doc id>#<chunk>``; prompt/completion records are one example whose loss covers the
-completion only.
+Long documents are cut into chunks of at most ``max_tokens`` tokens at sentence or word
+boundaries (``indexer.inputs.chunking``) with ids ``<doc id>#<chunk>`` and metadata naming
+the document (``doc_id``, ``title``, ``chunk``, character ``span``); prompt/completion
+records are one example whose loss covers the completion only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorif_serve.errors import DataError
+from lorif_serve.indexer.inputs.chunking import chunk_starts, find_boundaries, first_line
 from lorif_serve.indexer.inputs.records import BadRecord, Record
 from lorif_serve.indexer.inputs.tokens import Tokenizer, encode_prompt_completion
 
@@ -32,19 +34,28 @@ def _chunks(record: Record, tokenizer: Tokenizer, max_tokens: int) -> Iterator[E
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
     ids = list(encoded["input_ids"])
     offsets = encoded.get("offset_mapping") if tokenizer.is_fast else None
-    for chunk, start in enumerate(range(0, len(ids), max_tokens)):
-        piece = ids[start : start + max_tokens]
+    starts = chunk_starts(len(ids), max_tokens, find_boundaries(text, ids, offsets, tokenizer))
+    title = first_line(text)
+    for chunk, (start, stop) in enumerate(zip(starts, [*starts[1:], len(ids)], strict=True)):
+        piece = ids[start:stop]
         chunk_id = f"{record.id}#{chunk}"
         if len(piece) < 2:
             yield BadRecord(
                 f"{record.source} ({chunk_id})", "fewer than 2 tokens: nothing to predict"
             )
             continue
+        meta: dict[str, Any] = {**record.metadata}
+        for key, value in (("doc_id", record.id), ("title", title), ("chunk", chunk)):
+            meta.setdefault(key, value)  # a record's own metadata wins
         if offsets is not None:
-            chunk_text = text[offsets[start][0] : offsets[start + len(piece) - 1][1]]
+            first, last = offsets[start][0], offsets[stop - 1][1]
+            raw = text[first:last]  # tokens may carry their leading space: trim it off
+            first, last = first + len(raw) - len(raw.lstrip()), last - len(raw) + len(raw.rstrip())
+            meta.setdefault("span", [first, last])
+            chunk_text = text[first:last]
         else:
             chunk_text = tokenizer.decode(piece)
-        yield Example(chunk_id, chunk_text, piece, 0, dict(record.metadata))
+        yield Example(chunk_id, chunk_text, piece, 0, meta)
 
 
 def _prompt_completion(

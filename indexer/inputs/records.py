@@ -63,7 +63,7 @@ def _read_jsonl(path: Path) -> Iterator[Record | BadRecord]:
                 yield BadRecord(source, "not valid UTF-8")
                 continue
             except json.JSONDecodeError as exc:
-                yield BadRecord(source, f"invalid JSON ({exc.msg})")
+                yield BadRecord(source, f"invalid JSON at column {exc.colno} ({exc.msg})")
                 continue
             yield _record_from_mapping(row, f"{path.stem}:{number}", source)
 
