@@ -62,7 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {  # name → index config overrides (f = 
     },
 }
 # Kronecker curvature in the projected space: kind × factor metric × f × c × damping.
-VARIANTS["default (IndexConfig(): f=8 c=4 ekfac raw)"] = {}
+VARIANTS["default (IndexConfig(): f=4 c=4 ekfac raw int8)"] = {}
 for _kind in ("kfac", "ekfac"):
     VARIANTS[f"LoGRA-dense f=4 {_kind}"] = {
         "projection_factor": 4,
@@ -71,7 +71,7 @@ for _kind in ("kfac", "ekfac"):
         "damping": "trace:0.1",
     }
 _FRONTIER = {
-    ("ekfac", "raw"): ((4, 1), (4, 2), (4, 3), (4, 4), (8, 2), (2, 1), (2, 4)),
+    ("ekfac", "raw"): ((4, 1), (4, 2), (4, 3), (4, 4), (8, 2), (8, 4), (2, 1), (2, 4)),
     ("ekfac", "whitened"): ((4, 1), (4, 2), (8, 4)),
     ("kfac", "raw"): ((4, 1), (8, 4)),
 }
@@ -84,6 +84,36 @@ for (_kind, _metric), _points in _FRONTIER.items():
             "factor_metric": _metric,
             "damping": "trace:0.1",
         }
+# Dense references at every projection the frontier uses (what "¼ of the dense bytes" means).
+for _f in (2, 1):
+    VARIANTS[f"LoGRA-dense f={_f} ekfac"] = {
+        "projection_factor": _f,
+        "dense": True,
+        "curvature": "ekfac",
+        "damping": "trace:0.1",
+    }
+# int8 rows: twice the components of bf16 at the same bytes.
+_INT8 = (
+    (8, 8),
+    (4, 1),
+    (4, 8),
+    (2, 1),
+    (2, 8),
+    (2, 16),
+    (2, 22),
+    (1, 1),
+    (1, 16),
+    (1, 22),
+    (1, 44),
+)
+for _f, _c in _INT8:
+    VARIANTS[f"LoRIF f={_f} c={_c} ekfac raw int8"] = {
+        "projection_factor": _f,
+        "factor_rank": _c,
+        "curvature": "ekfac",
+        "damping": "trace:0.1",
+        "dtype": "int8",
+    }
 VARIANTS["LoGRA-dense f=4 gradients r=256"] = {
     "projection_factor": 4,
     "dense": True,
@@ -100,6 +130,9 @@ VARIANTS["LoRIF f=4 c=1 gradients r=64"] = {
 }
 for _damping in ("trace:0.01", "trace:0.5", "trace:1"):
     VARIANTS[f"default, damping {_damping}"] = {"damping": _damping}
+for _name, _overrides in VARIANTS.items():  # everything else is stored as bf16
+    if "int8" not in _name and not _name.startswith("default"):
+        _overrides.setdefault("dtype", "bfloat16")
 
 
 def full_gradients(model: torch.nn.Module, examples: list[Any]) -> torch.Tensor:
@@ -365,6 +398,8 @@ def main() -> None:
 
 
 def _family(name: str) -> str:
+    if "int8" in name:
+        return "EK-FAC, raw factors, int8"
     if "ekfac whitened" in name:
         return "EK-FAC, whitened factors"
     if "kfac" in name and "ekfac" not in name:
@@ -382,6 +417,7 @@ FAMILY_COLORS = {
     "K-FAC, raw factors": "tab:green",
     "EK-FAC, raw factors": "tab:blue",
     "EK-FAC, whitened factors": "tab:orange",
+    "EK-FAC, raw factors, int8": "tab:purple",
 }
 
 

@@ -32,5 +32,9 @@ class BuildError(LorifError):
     """The build cannot proceed (a resume with other settings, a full disk, …)."""
 
 
+class DifferentBuildError(BuildError):
+    """The output (or its partial) exists from a build with other settings, model or data."""
+
+
 class StartupError(LorifError):
     """The server cannot serve this index with this model; the message says why."""

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from lorif_serve.errors import IndexFileError
+from lorif_serve.errors import DifferentBuildError, IndexFileError
 from lorif_serve.indexer import IndexConfig, build_index
 from lorif_serve.indexer.cli import print_info, print_summary
 from lorif_serve.indexer.store.reader import IndexReader
@@ -63,8 +63,12 @@ def set_aside_if_stale(index: Path, config: IndexConfig) -> None:
         saved = {}
     if saved == {**config.to_dict(), "device": saved.get("device")}:
         return
+    set_aside(index, "other settings")
+
+
+def set_aside(index: Path, why: str) -> None:
     aside = index.with_name(f"{index.stem}-old-{int(index.stat().st_mtime)}{index.suffix}")
-    print(f"{index} was built with other settings; keeping it as {aside} and rebuilding")
+    print(f"{index} was built with {why}; keeping it as {aside} and rebuilding")
     index.rename(aside)
 
 
@@ -79,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     index = args.cache_dir / "bbc.h5"
     config = IndexConfig(**{**DEMO_INDEX_CONFIG.to_dict(), "device": args.device})
     set_aside_if_stale(index, config)
-    summary = build_index(model_dir, train_file, index, config)
+    try:
+        summary = build_index(model_dir, train_file, index, config)
+    except DifferentBuildError:  # same settings, other examples (e.g. a new chunking rule)
+        if not index.exists():
+            raise  # a .partial of another build: its message says what to do
+        set_aside(index, "other examples")
+        summary = build_index(model_dir, train_file, index, config)
     print_summary(summary)
     with IndexReader(index) as reader:
         print()

@@ -26,14 +26,14 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
 class IndexConfig:
     """How to build an index. Every field changes the result, so resuming requires equality.
 
-    The defaults (f = 8, c = 4, EK-FAC in the projected space, raw factors, λ = 0.1·tr/D)
-    are the best point of the measured quality-vs-storage frontier at or under the bytes of
-    LoGRA rank 16 (docs/benchmarks.md). The paper's configuration is
-    ``IndexConfig(factor_rank=1, curvature="factors", damping="trace")``.
+    The defaults (f = 4, c = 4, EK-FAC in the projected space, raw factors, λ = 0.1·tr/D,
+    int8 rows) are the best point of the measured quality-vs-storage frontier at or under
+    the bytes of LoGRA rank 16 (docs/benchmarks.md). The paper's configuration is
+    ``IndexConfig(factor_rank=1, curvature="factors", damping="trace", dtype="bfloat16")``.
     """
 
     projection_factor: int | None = field(
-        default=8,
+        default=4,
         metadata=_help("f in d1 = ⌊I/f⌋, d2 = ⌊O/f⌋ (ignored when --d1/--d2 are given)"),
     )
     d1: int | None = field(
@@ -89,7 +89,7 @@ class IndexConfig:
         metadata=_help("shell globs over module names; default: every linear inside the blocks"),
     )
     dtype: str = field(
-        default="bfloat16",
+        default="int8",
         metadata=_help(
             "factor storage: bfloat16 | float16 | float32 | int8 (a float32 scale per layer "
             "side per example; half the bytes of bfloat16)"

@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lorif_serve.errors import BuildError
+from lorif_serve.errors import DifferentBuildError
 from lorif_serve.indexer.build.config import differing_fields
 from lorif_serve.indexer.build.faults import crash_point
 from lorif_serve.indexer.build.journal import Journal
@@ -64,7 +64,7 @@ def _check_same_setup(plan: BuildPlan) -> None:
     with IndexReader(plan.partial) as saved:  # checksums are not written yet: no verify
         diffs = differing_fields(identity_view(saved.metadata), identity_view(plan.metadata))
     if diffs:
-        raise BuildError(
+        raise DifferentBuildError(
             f"{plan.partial} was started with a different setup; differing fields: "
             + "; ".join(diffs)
             + ". Delete the .partial files or use the original settings."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorif_serve.errors import BuildError
+from lorif_serve.errors import DifferentBuildError
 from lorif_serve.indexer.build.config import differing_fields
 from lorif_serve.indexer.build.phases import clean_up
 from lorif_serve.indexer.build.plan import BuildPlan, identity_view
@@ -38,7 +38,9 @@ def existing_summary(out: Path, plan: BuildPlan, times: dict[str, float]) -> Bui
     with IndexReader(out) as done:
         diffs = differing_fields(identity_view(done.metadata), identity_view(plan.metadata))
     if diffs:
-        raise BuildError(f"{out} already exists from a different build: " + "; ".join(diffs))
+        raise DifferentBuildError(
+            f"{out} already exists from a different build: " + "; ".join(diffs)
+        )
     clean_up(plan)  # a crash between the final rename and the cleanup leaves these behind
     summary = summarize(out, plan, times)
     summary.already_complete = True
