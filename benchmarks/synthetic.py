@@ -45,12 +45,12 @@ def make_synthetic(source: Path, n: int, out: Path, seed: int = 0) -> Path:
         )
         writer = RawWriter(partial)
         rng = np.random.default_rng(seed)
-        source_rows = reader.rows(0, reader.n_examples)
+        source_rows = reader.values(0, reader.n_examples)  # re-encoded exactly by write_rows
         block = 65536
         for start in range(0, n, block):
             stop = min(start + block, n)
             picks = torch.from_numpy(rng.integers(0, reader.n_examples, stop - start))
-            writer.write_rows(start, source_rows[picks].float())
+            writer.write_rows(start, source_rows[picks])
         for i in range(len(reader.layers)):
             writer.write_curvature(i, reader.curvature(i))
         writer.finalize(out)

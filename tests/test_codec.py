@@ -47,7 +47,7 @@ def test_decode_into_a_reused_buffer_equals_decode():
     layout, values = rows_spanning_magnitudes()
     codec = RowCodec(layout, torch.int8)
     raw = codec.encode(values)
-    buffer = torch.full((20, layout.width), float("nan"))
+    buffer = torch.full((20, layout.width), float("nan"), dtype=torch.float32)
     codec.decode_into(raw[2:9], buffer[:7])
     assert torch.equal(buffer[:7], codec.decode(raw[2:9]))
 
