@@ -23,6 +23,8 @@ from lorif_serve.server.residency import choose_residency, default_block_rows
 
 # (host rows, start, stop, seconds the compute stage waited, release the host buffer or None)
 _HostBlock = tuple[torch.Tensor, int, int, float, "Callable[[], None] | None"]
+# (numbers on the device, per-layer score scales of int8 rows or None, start, seconds waited)
+_DeviceBlock = tuple[torch.Tensor, torch.Tensor | None, int, float]
 _BUFFERS = 3
 
 
@@ -192,9 +194,9 @@ class ScanEngine:
         blocks = 0
         cuda = self.device.type == "cuda"
         copy_stream = torch.cuda.Stream(self.device) if cuda else None
-        for block, start, _stop, waited in self._device_blocks(copy_stream):
+        for block, scales, start, waited in self._device_blocks(copy_stream):
             wait += waited
-            scores = score_block(self.layout, block, query)
+            scores = score_block(self.layout, block, query, scales)
             best.add(scores, start)
             if worst is not None:
                 worst.add(scores, start)
@@ -214,15 +216,14 @@ class ScanEngine:
             blocks,
         )
 
-    def _device_blocks(
-        self, copy_stream: torch.cuda.Stream | None
-    ) -> Iterator[tuple[torch.Tensor, int, int, float]]:
-        """Yields (block in compute dtype on the device, start, stop, seconds waited)."""
+    def _device_blocks(self, copy_stream: torch.cuda.Stream | None) -> Iterator[_DeviceBlock]:
+        """Yields (stored numbers in compute dtype on the device, their per-layer score
+        scales or None, start row, seconds waited)."""
         if self.residency == "gpu" and self._resident is not None:
             for start, stop in self._blocks():
                 work = self._work[0][: stop - start]
-                self.codec.decode_into(self._resident[start:stop], work)
-                yield work, start, stop, 0.0
+                scales = self.codec.codes_into(self._resident[start:stop], work)
+                yield work, scales, start, 0.0
             return
         if self.residency == "ram" and self._resident is not None:
             resident = self._resident
@@ -257,7 +258,7 @@ class ScanEngine:
         self,
         sources: Iterator[_HostBlock],
         copy_stream: torch.cuda.Stream | None,
-    ) -> Iterator[tuple[torch.Tensor, int, int, float]]:
+    ) -> Iterator[_DeviceBlock]:
         """Move host blocks into the two device work buffers, alternating between them."""
         used: list[torch.cuda.Event | None] = [None, None]
         for slot_counter, (host, start, stop, waited, release) in enumerate(sources):
@@ -270,10 +271,13 @@ class ScanEngine:
                 if previous_use is not None:
                     copy_stream.wait_event(previous_use)
                 with torch.cuda.stream(copy_stream):
+                    scales = None
                     if self._staging is not None:
                         staged = self._staging[slot][: stop - start]
                         staged.copy_(host, non_blocking=True)
-                        self.codec.decode_into(staged, work)
+                        scales = self.codec.codes_into(staged, work)
+                        # made on the copy stream, read on the compute stream
+                        scales.record_stream(torch.cuda.current_stream(self.device))  # type: ignore[union-attr]
                     else:
                         work.copy_(host, non_blocking=True)
                 copied = torch.cuda.Event()
@@ -282,10 +286,10 @@ class ScanEngine:
                 if release is not None:
                     copied.synchronize()  # the host buffer may be refilled only after its copy
             else:
-                self.codec.decode_into(host, work)  # bf16 → fp32 (or int8 × scale), reused buffer
+                scales = self.codec.codes_into(host, work)  # bf16 / int8 → fp32, reused buffer
             if release is not None:
                 release()
-            yield work, start, stop, waited
+            yield work, scales, start, waited
             if copy_stream is not None:
                 # The consumer has now enqueued its scoring of this slot.
                 used[slot] = torch.cuda.Event()

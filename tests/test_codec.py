@@ -101,3 +101,23 @@ def test_server_scans_int8_rows_like_the_decoded_brute_force(
     assert [item["index"] for item in body["results"]] == top
     got = torch.tensor([item["score"] for item in body["results"]], dtype=torch.float64)
     torch.testing.assert_close(got, scores[0][top], rtol=1e-4, atol=1e-6)
+
+
+def test_scoring_codes_then_scaling_equals_scoring_decoded_values():
+    from lorif_serve.indexer.core.query import ScanQuery, score_block
+
+    layout, values = rows_spanning_magnitudes()
+    codec = RowCodec(layout, torch.int8)
+    raw = codec.encode(values)
+    generator = torch.Generator().manual_seed(3)
+    hq = {
+        s.name: torch.randn(2, s.d1, s.d2, generator=generator, dtype=torch.float64) for s in SPECS
+    }
+    codes = torch.empty(raw.shape[0], layout.width, dtype=torch.float64)
+    scales = codec.codes_into(raw, codes)
+    assert scales is not None and scales.shape == (raw.shape[0], len(SPECS))
+    fast = score_block(layout, codes, ScanQuery(hq), scales)
+    reference = score_block(layout, codec.decode(raw, torch.float64), ScanQuery(hq))
+    torch.testing.assert_close(fast, reference, rtol=1e-12, atol=0)
+    floats = RowCodec(layout, torch.float32)
+    assert floats.codes_into(values.float(), torch.empty(values.shape, dtype=torch.float32)) is None

@@ -138,16 +138,25 @@ class ScanQuery:
         return moved
 
 
-def score_block(layout: RowLayout, block: torch.Tensor, query: ScanQuery) -> torch.Tensor:
+def score_block(
+    layout: RowLayout,
+    block: torch.Tensor,
+    query: ScanQuery,
+    layer_scales: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(B, n) scores of one (n, F) block of stored rows, summed over the query's layers.
 
     The query must already be in the block's dtype and on its device (``ScanQuery.to``).
+    ``layer_scales`` (n, layers) multiplies each layer's scores: int8 rows are scored as
+    their integer codes and scaled here (``RowCodec.codes_into``).
     """
     total: torch.Tensor | None = None
-    for spec in layout.layers:
+    for index, spec in enumerate(layout.layers):
         if spec.name not in query.hq:
             continue
         part = _score_layer(layout, spec, block, query)
+        if layer_scales is not None:
+            part = part * layer_scales[:, index]
         total = part if total is None else total + part
     if total is None:
         raise ConfigError("the query names no layer of this index")
