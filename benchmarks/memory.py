@@ -27,7 +27,7 @@ from lorif_serve.indexer.inputs.layers import find_layers
 from lorif_serve.indexer.inputs.lm import load_model
 from lorif_serve.server.featurizer import ModelFeaturizer
 
-from .common import machine, write_result
+from .common import write_result
 
 LENGTHS = (128, 512, 2048)
 DEMO = Path(".cache/bbc/model-300steps")
@@ -95,7 +95,7 @@ def main() -> None:
             raise SystemExit(out.stderr[-2000:])
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     mib = 2**20
-    table = f"Machine: {machine()}. Model: {path.name}; one query per process, f = 4.\n\n"
+    table = f"Model: {path.name}; one query per process, f = 4.\n\n"
     table += "| tokens | RSS before | peak during the pass | peak − before per token | RSS after | seconds |\n"
     table += "|---|---|---|---|---|---|\n"
     for r in rows:

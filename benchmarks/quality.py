@@ -62,7 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {  # name → index config overrides (f = 
     },
 }
 # Kronecker curvature in the projected space: kind × factor metric × f × c × damping.
-VARIANTS["default (IndexConfig(): f=4 c=4 ekfac raw int8)"] = {}
+VARIANTS["default (IndexConfig(): f=8 c=8 ekfac raw int8)"] = {}
 for _kind in ("kfac", "ekfac"):
     VARIANTS[f"LoGRA-dense f=4 {_kind}"] = {
         "projection_factor": 4,
@@ -129,9 +129,13 @@ VARIANTS["LoRIF f=4 c=1 gradients r=64"] = {
     "damping": "trace",
 }
 for _damping in ("trace:0.01", "trace:0.5", "trace:1"):
-    VARIANTS[f"default, damping {_damping}"] = {"damping": _damping}
+    VARIANTS[f"LoRIF f=4 c=4 int8, damping {_damping}"] = {
+        "projection_factor": 4,
+        "factor_rank": 4,
+        "damping": _damping,
+    }
 for _name, _overrides in VARIANTS.items():  # everything else is stored as bf16
-    if "int8" not in _name and not _name.startswith("default"):
+    if "int8" not in _name and not _name.startswith("default"):  # int8 is the default dtype
         _overrides.setdefault("dtype", "bfloat16")
 
 

@@ -26,14 +26,15 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
 class IndexConfig:
     """How to build an index. Every field changes the result, so resuming requires equality.
 
-    The defaults (f = 4, c = 4, EK-FAC in the projected space, raw factors, λ = 0.1·tr/D,
-    int8 rows) are the best point of the measured quality-vs-storage frontier at or under
-    the bytes of LoGRA rank 16 (docs/benchmarks.md). The paper's configuration is
+    The defaults (f = 8, c = 8, EK-FAC in the projected space, raw factors, λ = 0.1·tr/D,
+    int8 rows) were chosen on the measured quality-vs-storage frontier at or under the bytes
+    of LoGRA rank 16: within 0.013 LDS of the best point there (f = 4, c = 4) at half its
+    scan FLOPs (docs/benchmarks.md). The paper's configuration is
     ``IndexConfig(factor_rank=1, curvature="factors", damping="trace", dtype="bfloat16")``.
     """
 
     projection_factor: int | None = field(
-        default=4,
+        default=8,
         metadata=_help("f in d1 = ⌊I/f⌋, d2 = ⌊O/f⌋ (ignored when --d1/--d2 are given)"),
     )
     d1: int | None = field(
@@ -43,7 +44,7 @@ class IndexConfig:
         default=None, metadata=_help("explicit output-side projection width for every layer")
     )
     factor_rank: int = field(
-        default=4, metadata=_help("c: components stored per example per layer (≤ min(d1, d2))")
+        default=8, metadata=_help("c: components stored per example per layer (≤ min(d1, d2))")
     )
     dense: bool = field(
         default=False, metadata=_help("store the projected gradient itself (LoGRA-dense baseline)")
