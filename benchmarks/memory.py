@@ -5,7 +5,7 @@
 Each length runs in a fresh process: load the model, record RSS, featurize one query of T
 tokens the way the server does (``ModelFeaturizer``: hooks, projections at f = 4, one
 forward and backward), sample RSS every 2 ms during the pass, and record RSS after it
-(the featurizer trims the heap after passes of ≥ 1,024 tokens). The server's
+(the featurizer trims the heap after passes of ≥ 256 tokens). The server's
 ``max_batch_tokens`` bounds the padded tokens of one pass, so peak ≈ base + T × per-token.
 """
 

@@ -15,7 +15,7 @@ from lorif_serve.server.device import release_host_memory
 
 # After a pass this large, hand freed activation memory back to the OS: the allocator would
 # otherwise keep the peak of the largest query resident for the life of the process.
-RELEASE_AFTER_TOKENS = 1024
+RELEASE_AFTER_TOKENS = 256
 
 __all__ = ["Encoded", "Featurizer", "ModelFeaturizer"]
 
