@@ -30,27 +30,25 @@ class RowCodec:
     """
 
     def __init__(self, layout: RowLayout, storage: torch.dtype) -> None:
-        self.layout = layout
         self.storage = storage
         self.quantized = storage == torch.int8
-        lengths = []
+        # Segments in row order, and per layer the segments whose scales multiply its score:
+        # (left, right), or (G, -1) for a dense layer, -1 naming a column of ones.
+        lengths: list[int] = []
+        pairs: list[tuple[int, int]] = []
         for spec in layout.layers:
-            lengths += [spec.dim] if spec.dense else [spec.rank * spec.d1, spec.rank * spec.d2]
+            if spec.dense:
+                pairs.append((len(lengths), -1))
+                lengths.append(spec.dim)
+            else:
+                pairs.append((len(lengths), len(lengths) + 1))
+                lengths += [spec.rank * spec.d1, spec.rank * spec.d2]
         self.segment_lengths = torch.tensor(lengths, dtype=torch.long)
-        # Per layer, the segments whose scales multiply its score: (left, right) or (G, none).
-        pairs, segment = [], 0
-        for spec in layout.layers:
-            pairs.append((segment, len(lengths)) if spec.dense else (segment, segment + 1))
-            segment += 1 if spec.dense else 2
-        self._pairs = torch.tensor(pairs, dtype=torch.long)  # len(lengths) indexes a 1
+        self._pairs = torch.tensor(pairs, dtype=torch.long)
         self._moved: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.values_width = layout.width
         extra = _SCALE_BYTES * len(lengths) if self.quantized else 0
         self.width = layout.width + extra  # columns of the stored dataset
-
-    @property
-    def n_segments(self) -> int:
-        return int(self.segment_lengths.numel())
 
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         """(n, F) float rows → (n, width) rows in the storage dtype (on the CPU)."""

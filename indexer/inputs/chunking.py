@@ -42,7 +42,7 @@ def find_boundaries(
         if offsets is not None:
             start = offsets[i][0]
             gap = text[offsets[i - 1][1] : start]
-            before = text[: offsets[i - 1][1]].rstrip()
+            before = _last_chars(text, offsets[i - 1][1])
             word[i] = bool(gap) and gap.isspace() or text[start : start + 1].isspace()
             sentence[i] = word[i] and ("\n" in gap or before.endswith(_SENTENCE_END))
         else:
@@ -52,6 +52,14 @@ def find_boundaries(
                 "\n" in previous or previous.rstrip().endswith(_SENTENCE_END)
             )
     return Boundaries(word, sentence)
+
+
+def _last_chars(text: str, end: int, count: int = 2) -> str:
+    """The last ``count`` characters of ``text[:end].rstrip()``, without copying the prefix
+    (which would make long documents quadratic)."""
+    while end > 0 and text[end - 1].isspace():
+        end -= 1
+    return text[max(0, end - count) : end]
 
 
 def _latest(flags: list[bool], low: int, high: int) -> int | None:
