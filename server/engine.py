@@ -19,7 +19,12 @@ import torch
 
 from lorif_serve.indexer.core.query import ScanQuery, score_block
 from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.fused_scan import FusedScanner, RawBlock
+from lorif_serve.server.kernels.fused import load_kernel
 from lorif_serve.server.residency import choose_residency, default_block_rows
+
+SCAN_KERNELS = ("auto", "bounded", "fused", "torch")
+_FUSED_BLOCK_ROWS = 65536  # the kernel reads resident rows in place: long blocks, few merges
 
 # (host rows, start, stop, seconds the compute stage waited, release the host buffer or None)
 _HostBlock = tuple[torch.Tensor, int, int, float, "Callable[[], None] | None"]
@@ -38,6 +43,7 @@ class ScanResult:
     wait_seconds: float  # compute stage blocked on data
     bytes: int
     blocks: int
+    rescored: int = 0  # rows scored exactly after a bounded pass; every row otherwise
 
 
 class _Merger:
@@ -80,6 +86,9 @@ class ScanEngine:
         block_rows: rows per pipelined block.
         gpu_fraction: share of free GPU memory ``auto`` may use for the factors.
         ram_fraction: share of available RAM ``auto`` may use for the factors.
+        kernel: ``auto | bounded | fused | torch`` (CPU, int8 rows; docs/server.md).
+            ``auto`` takes ``bounded`` where the compiled kernel has it, else ``fused``,
+            else ``torch``; ``kernel_reason`` says why.
     """
 
     def __init__(
@@ -90,6 +99,7 @@ class ScanEngine:
         block_rows: int | None = None,
         gpu_fraction: float = 0.8,
         ram_fraction: float = 0.5,
+        kernel: str = "auto",
     ) -> None:
         self.reader, self.device = reader, device
         self.layout = reader.layout
@@ -125,6 +135,37 @@ class ScanEngine:
             if pin and self.codec.quantized
             else None
         )
+        self.kernel, self.kernel_reason = kernel, ""
+        self._fused = self._choose_kernel(kernel)
+
+    def _choose_kernel(self, requested: str) -> FusedScanner | None:
+        if requested not in SCAN_KERNELS:
+            raise ValueError(f"kernel must be one of {SCAN_KERNELS}, got {requested!r}")
+        if requested == "torch":
+            self.kernel_reason = "requested"
+            return None
+        usable = self.device.type == "cpu" and self.codec.quantized
+        status = load_kernel() if usable else None
+        if status is None or status.kernel is None:
+            why = (
+                status.reason
+                if status is not None
+                else "the compiled kernels read int8 rows on the CPU"
+            )
+            if requested != "auto":
+                raise ValueError(f"scan kernel {requested!r} is unavailable: {why}")
+            self.kernel, self.kernel_reason = "torch", why
+            return None
+        bounded = requested in ("auto", "bounded") and status.kernel.has_bounded
+        if requested == "bounded" and not bounded:
+            raise ValueError("scan kernel 'bounded' needs AVX-512 VNNI; use 'fused'")
+        self.kernel = "bounded" if bounded else "fused"
+        self.kernel_reason = status.reason
+        resident = self._resident if self.residency == "ram" else None
+        scanner = FusedScanner(status.kernel, self.reader, resident, bounded)
+        # The resident rows' norms, now rather than in the first query.
+        scanner.warm(ScanQuery({s.name: torch.zeros(1, s.d1, s.d2) for s in self.layout.layers}))
+        return scanner
 
     @property
     def total_bytes(self) -> int:
@@ -181,7 +222,37 @@ class ScanEngine:
         if self.n == 0:
             raise ValueError("the index has no rows")
         with self._lock:
+            if self._fused is not None:
+                return self._scan_fused(self._fused, query, top_k, bottom_k)
             return self._scan(self._on_device(query), top_k, bottom_k)
+
+    def _scan_fused(
+        self, scanner: FusedScanner, query: ScanQuery, top_k: int, bottom_k: int
+    ) -> ScanResult:
+        began = time.perf_counter()
+        outcome = scanner.scan(query, self._raw_blocks(), top_k, bottom_k)
+        bottom = outcome.bottom if outcome.bottom is not None else (None, None)
+        return ScanResult(
+            outcome.top[0],
+            outcome.top[1],
+            bottom[0],
+            bottom[1],
+            time.perf_counter() - began,
+            outcome.wait_seconds,
+            self.total_bytes,
+            outcome.blocks,
+            outcome.rescored,
+        )
+
+    def _raw_blocks(self) -> Iterator[RawBlock]:
+        """Stored int8 rows as they are: slices of the resident copy, or read-ahead buffers."""
+        if self.residency == "ram" and self._resident is not None:
+            step = max(self.block_rows, _FUSED_BLOCK_ROWS)
+            for start in range(0, self.n, step):
+                yield self._resident[start : start + step], start, 0.0, None
+            return
+        for host, start, _, waited, release in self._from_disk():
+            yield host, start, waited, release
 
     def _on_device(self, query: ScanQuery) -> ScanQuery:
         return query.to(self.device, self.compute_dtype)
@@ -214,6 +285,7 @@ class ScanEngine:
             wait,
             self.total_bytes,
             blocks,
+            self.n,
         )
 
     def _device_blocks(self, copy_stream: torch.cuda.Stream | None) -> Iterator[_DeviceBlock]:

@@ -74,12 +74,18 @@ def load_service(settings: ServerSettings, metrics: ServerMetrics) -> Attributio
             settings.block_rows,
             settings.gpu_memory_fraction,
             settings.ram_fraction,
+            settings.scan_kernel,
         )
     except BaseException:
         reader.close()
         raise
     log.info(
-        "serving %s: %d examples, residency %s", settings.index, reader.n_examples, engine.residency
+        "serving %s: %d examples, residency %s, scan kernel %s (%s)",
+        settings.index,
+        reader.n_examples,
+        engine.residency,
+        engine.kernel,
+        engine.kernel_reason,
     )
     options = QueryOptions(
         settings.query_mode,

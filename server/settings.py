@@ -66,6 +66,11 @@ class ServerSettings(BaseSettings):
     ram_fraction: float = Field(
         0.5, gt=0, le=1, description="Share of available RAM 'auto' residency may use."
     )
+    scan_kernel: Literal["auto", "bounded", "fused", "torch"] = Field(
+        "auto",
+        description="CPU scan of int8 rows: compiled bounded or fused kernel, or torch "
+        "(auto: the fastest available; docs/server.md).",
+    )
     max_batch: int = Field(32, ge=1, description="Queries answered by one scan.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a scan waits to fill a batch.")
     max_queue: int = Field(256, ge=1, description="Queued queries before 503.")

@@ -63,6 +63,14 @@ class RowCodec:
         scale_bytes = scales.contiguous().view(torch.int8)  # (n, 4·segments)
         return torch.cat([codes, scale_bytes], dim=1)
 
+    def scale_byte_offsets(self) -> list[tuple[int, int | None]]:
+        """Per layer, where in a stored int8 row its score scales sit (bytes from the row start):
+        (left, right) for a factored layer, (G, None) for a dense one."""
+        if not self.quantized:
+            raise ValueError("only int8 rows store scales")
+        at = [self.values_width + _SCALE_BYTES * i for i in range(len(self.segment_lengths))]
+        return [(at[a], at[b] if b >= 0 else None) for a, b in self._pairs.tolist()]
+
     def scales(self, raw: torch.Tensor) -> torch.Tensor:
         """(n, segments) float32 scales of quantized rows."""
         return raw[:, self.values_width :].contiguous().view(torch.float32)

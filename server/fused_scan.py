@@ -1,0 +1,210 @@
+"""CPU scans of int8 rows with the compiled kernel (docs/server.md, "Scan kernels").
+
+``fused``: every row scored exactly, in float32, by ``lorif_scan_int8``.
+``bounded``: every row scored with the int8-quantized query (integer dot products, 4× the
+float rate) together with a bound on the difference from the exact score; the rows whose
+interval [approx − margin, approx + margin] can reach the k-th best lower bound (or, for
+opponents, the k-th smallest upper bound) are rescored exactly by the fused kernel. A row's
+exact score does not depend on which other rows are scored with it, so the answer — rows,
+order and scores — is bit for bit the one the ``fused`` scan gives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from lorif_serve.indexer.core.query import ScanQuery
+from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery
+
+# (raw int8 rows, first row, seconds the scan waited for them, release the buffer or None)
+RawBlock = tuple[torch.Tensor, int, float, "Callable[[], None] | None"]
+
+
+@dataclass
+class FusedOutcome:
+    top: tuple[torch.Tensor, torch.Tensor]  # (B, k) scores descending, rows
+    bottom: tuple[torch.Tensor, torch.Tensor] | None
+    wait_seconds: float
+    blocks: int
+    rescored: int  # rows scored exactly after the bounded pass (all rows for ``fused``)
+
+
+class RowMerger:
+    """Running best (or worst) k over scored rows with explicit row numbers."""
+
+    def __init__(self, k: int, largest: bool) -> None:
+        self.k, self.largest = k, largest
+        self.scores: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None
+
+    def add(self, scores: torch.Tensor, rows: torch.Tensor) -> None:
+        """scores (B, m) of rows (m,) or (B, m)."""
+        rows = rows.expand_as(scores) if rows.dim() == 1 else rows
+        if self.scores is not None and self.rows is not None:
+            scores = torch.cat([self.scores, scores], dim=1)
+            rows = torch.cat([self.rows, rows], dim=1)
+        take = min(self.k, scores.shape[1])
+        values, picked = scores.topk(take, dim=1, largest=self.largest, sorted=False)
+        self.scores, self.rows = values, rows.gather(1, picked)
+
+    def kth(self) -> torch.Tensor:
+        """(B,) the current k-th value: −inf (or +inf) until k scores were merged."""
+        if self.scores is None or self.scores.shape[1] < self.k:
+            batch = 0 if self.scores is None else self.scores.shape[0]
+            fill = float("-inf") if self.largest else float("inf")
+            return torch.full((batch,), fill)
+        if self.largest:
+            return self.scores.min(dim=1).values
+        return self.scores.max(dim=1).values
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sorted by score, ties by row number (deterministic)."""
+        if self.scores is None or self.rows is None:
+            raise RuntimeError("nothing was merged")
+        order = torch.argsort(self.rows, dim=1, stable=True)
+        scores, rows = self.scores.gather(1, order), self.rows.gather(1, order)
+        order = torch.argsort(scores, dim=1, descending=self.largest, stable=True)
+        return scores.gather(1, order), rows.gather(1, order)
+
+
+class FusedScanner:
+    """Runs one scan of raw int8 blocks with the compiled kernel.
+
+    Args:
+        kernel: the loaded kernel.
+        reader: the open index (for rescoring rows that are not resident).
+        resident: all rows in memory, or ``None`` (then candidates are read from the index).
+        bounded: use the bounded pass (the kernel must have it).
+    """
+
+    def __init__(
+        self,
+        kernel: FusedInt8Scan,
+        reader: IndexReader,
+        resident: torch.Tensor | None,
+        bounded: bool,
+    ) -> None:
+        self.kernel, self.reader, self.resident = kernel, reader, resident
+        self.bounded = bounded and kernel.has_bounded
+        self._norms: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def prepare(self, query: ScanQuery) -> PreparedQuery:
+        return self.kernel.prepare(self.reader.layout, self.reader.codec, query.hq)
+
+    def warm(self, query: ScanQuery) -> None:
+        """Compute the resident rows' norms for this query's layers now (start-up)."""
+        if self.bounded and self.resident is not None:
+            self._resident_norms(self.prepare(query), tuple(query.hq))
+
+    def scan(
+        self, query: ScanQuery, blocks: Iterator[RawBlock], top_k: int, bottom_k: int
+    ) -> FusedOutcome:
+        prepared = self.prepare(query)
+        if not self.bounded:
+            return self._exact(prepared, blocks, top_k, bottom_k)
+        return self._bounded(prepared, tuple(query.hq), blocks, top_k, bottom_k)
+
+    def _exact(
+        self, prepared: PreparedQuery, blocks: Iterator[RawBlock], top_k: int, bottom_k: int
+    ) -> FusedOutcome:
+        best = RowMerger(top_k, largest=True)
+        worst = RowMerger(bottom_k, largest=False) if bottom_k else None
+        wait, count, rows_seen, out = 0.0, 0, 0, None
+        for raw, start, waited, release in blocks:
+            wait += waited
+            if out is None or out.shape[1] < raw.shape[0]:
+                out = torch.empty(prepared.batch, raw.shape[0])
+            scores = self.kernel.score(prepared, raw, out)
+            numbers = torch.arange(start, start + raw.shape[0])
+            best.add(scores, numbers)
+            if worst is not None:
+                worst.add(scores, numbers)
+            if release is not None:
+                release()
+            count += 1
+            rows_seen += raw.shape[0]
+        bottom = worst.result() if worst is not None else None
+        return FusedOutcome(best.result(), bottom, wait, count, rows_seen)
+
+    def _bounded(
+        self,
+        prepared: PreparedQuery,
+        layers: tuple[str, ...],
+        blocks: Iterator[RawBlock],
+        top_k: int,
+        bottom_k: int,
+    ) -> FusedOutcome:
+        lower = RowMerger(top_k, largest=True)  # the k best lower bounds
+        upper = RowMerger(bottom_k, largest=False) if bottom_k else None
+        kept_rows: list[torch.Tensor] = []
+        kept_bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
+        wait, count = 0.0, 0
+        approx = margin = None
+        for raw, start, waited, release in blocks:
+            wait += waited
+            n = raw.shape[0]
+            if approx is None or margin is None or approx.shape[1] < n:
+                approx, margin = torch.empty(prepared.batch, n), torch.empty(prepared.batch, n)
+            norms = self._block_norms(prepared, layers, raw, start)
+            self.kernel.bounded(prepared, raw, norms, approx, margin)
+            low = approx[:, :n] - margin[:, :n]
+            high = approx[:, :n] + margin[:, :n]
+            numbers = torch.arange(start, start + n)
+            lower.add(low, numbers)
+            keep = (high >= lower.kth()[:, None]).any(dim=0)
+            if upper is not None:
+                upper.add(high, numbers)
+                keep |= (low <= upper.kth()[:, None]).any(dim=0)
+            if release is not None:
+                release()
+            picked = keep.nonzero().squeeze(1)
+            kept_rows.append(picked + start)
+            kept_bounds.append((low[:, picked], high[:, picked]))
+            count += 1
+        rows = torch.cat(kept_rows)
+        low = torch.cat([b[0] for b in kept_bounds], dim=1)
+        high = torch.cat([b[1] for b in kept_bounds], dim=1)
+        # Final thresholds: only rows that can still reach them are rescored.
+        keep = (high >= lower.kth()[:, None]).any(dim=0)
+        if upper is not None:
+            keep |= (low <= upper.kth()[:, None]).any(dim=0)
+        rows = rows[keep]
+        exact = torch.empty(prepared.batch, rows.shape[0])
+        self.kernel.score(prepared, self._fetch(rows), exact)
+        best = RowMerger(top_k, largest=True)
+        best.add(exact, rows)
+        bottom = None
+        if bottom_k:
+            worst = RowMerger(bottom_k, largest=False)
+            worst.add(exact, rows)
+            bottom = worst.result()
+        return FusedOutcome(best.result(), bottom, wait, count, int(rows.shape[0]))
+
+    def _block_norms(
+        self, prepared: PreparedQuery, layers: tuple[str, ...], raw: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        if self.resident is None:
+            return self.kernel.row_norms(prepared, raw)
+        return self._resident_norms(prepared, layers)[start : start + raw.shape[0]]
+
+    def _resident_norms(self, prepared: PreparedQuery, layers: tuple[str, ...]) -> torch.Tensor:
+        if layers not in self._norms and self.resident is not None:
+            began = time.perf_counter()
+            self._norms[layers] = self.kernel.row_norms(prepared, self.resident)
+            self.norm_seconds = time.perf_counter() - began
+        return self._norms[layers]
+
+    def _fetch(self, rows: torch.Tensor) -> torch.Tensor:
+        """The stored rows with these (ascending) numbers, as one contiguous block."""
+        if self.resident is not None:
+            return self.resident.index_select(0, rows)
+        width = self.reader.codec.width
+        out = torch.empty((rows.shape[0], width), dtype=torch.int8)
+        for i, row in enumerate(rows.tolist()):
+            out[i] = self.reader.rows(row, row + 1)[0]
+        return out

@@ -1,0 +1,377 @@
+"""The fused int8 scan kernel: compiled on first use, loaded with ctypes, run on all cores.
+
+The torch path scores an int8 block by converting it to float32 (4× its bytes written and
+read back), slicing each layer's factors out of the packed rows (copies) and running small
+GEMMs whose (n·c, B·d) intermediates go through memory. ``scan_int8.c`` does the same
+arithmetic (float32 products and sums) row by row in registers, reading each stored byte
+once. It is built with the machine's C compiler (``$CC``, else ``cc``) at ``-O3
+-march=native`` into a cache folder keyed by the source, the flags and the CPU's feature
+flags; where no compiler is found or the build fails, ``load_kernel`` returns ``None`` with
+the reason, and the engine keeps the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from lorif_serve.indexer.core.codec import RowCodec
+from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
+
+log = logging.getLogger("lorif.kernels")
+
+_SOURCE = "scan_int8.c"
+_VERSION = 4  # lorif_kernel_version() of a matching build
+_TILE = 8  # rows per tile in the kernel; thread chunks are cut at multiples of it
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_I32 = ctypes.c_int32
+
+
+def cache_folder() -> Path:
+    """``$LORIF_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/lorif-serve/kernels`` (~/.cache)."""
+    if os.environ.get("LORIF_KERNEL_CACHE"):
+        return Path(os.environ["LORIF_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lorif-serve" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _flags() -> list[str]:
+    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-mprefer-vector-width=512")  # full-width registers where AVX-512 exists
+    return flags
+
+
+def _build(compiler: str, source: bytes, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / _SOURCE
+        src.write_bytes(source)
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [compiler, *_flags(), "-o", str(built), str(src)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        os.replace(built, target)  # atomic: concurrent builders never see half a library
+
+
+@dataclass
+class KernelStatus:
+    kernel: FusedInt8Scan | None
+    reason: str  # why it is unavailable, or where it was loaded from
+
+
+def load_kernel() -> KernelStatus:
+    """Compile (once per machine and source) and load the kernel; never raises."""
+    if os.environ.get("LORIF_FUSED_KERNEL", "1") == "0":
+        return KernelStatus(None, "disabled by LORIF_FUSED_KERNEL=0")
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        return KernelStatus(None, f"no C compiler ({compiler!r} not on PATH)")
+    source = resources.files(__package__).joinpath(_SOURCE).read_bytes()
+    key = hashlib.sha256(
+        source + " ".join([compiler, *_flags(), _cpu_flags(), platform.machine()]).encode()
+    ).hexdigest()[:16]
+    target = cache_folder() / f"scan_int8-{key}.so"
+    try:
+        if not target.exists():
+            _build(compiler, source, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        reason = f"build failed: {exc} {detail.decode(errors='replace')[-300:]}".strip()
+        return KernelStatus(None, reason)
+    if library.lorif_kernel_version() != _VERSION:
+        return KernelStatus(None, f"stale build at {target}")
+    return KernelStatus(FusedInt8Scan(library), f"compiled kernel {target}")
+
+
+@dataclass
+class PreparedQuery:
+    """A batch of preconditioned queries laid out for the kernel."""
+
+    meta: torch.Tensor  # (layers, 8) int64
+    hq: torch.Tensor  # (B, Σ d1·d2) float32, each layer's block (db, da) row-major
+    work_floats: int
+    batch: int
+    bounded: BoundedQuery | None = None
+
+
+@dataclass
+class BoundedQuery:
+    """The int8 form of the queries for the bounded pass, with each layer's error term."""
+
+    offsets: torch.Tensor  # (layers,) int64 byte offset of a layer's packed H8, -1: float
+    packed: torch.Tensor  # (B, bytes) uint8, H8 + 128 laid (db/4, da, 4) per layer
+    scales: torch.Tensor  # (B, layers) float32 s_H
+    eps: torch.Tensor  # (B, layers) float32 bound on |score error| per unit of row norm
+
+
+class FusedInt8Scan:
+    """Scores raw int8 rows (n, width) for a prepared query batch into (B, n) float32."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._fn = library.lorif_scan_int8
+        self._fn.argtypes = [_P, _I64, _I64, _P, _I32, _P, _I32, _I64, _P, _I64, _P]
+        self._fn.restype = None
+        self.has_bounded = bool(library.lorif_has_bounded())
+        if self.has_bounded:
+            self._bounded = library.lorif_bounded_int8
+            self._bounded.argtypes = [_P, _I64, _I64, _P, _P, _I32, _P, _I64, _P, _I64]
+            self._bounded.argtypes += [_P, _P, _I32, _P, _P, _P, _I64, _P]
+            self._bounded.restype = None
+            self._norms = library.lorif_row_norms
+            self._norms.argtypes = [_P, _I64, _I64, _P, _I32, _P]
+            self._norms.restype = None
+        self.threads = max(1, torch.get_num_threads())
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fused-scan")
+
+    def prepare(
+        self, layout: RowLayout, codec: RowCodec, hq: dict[str, torch.Tensor]
+    ) -> PreparedQuery:
+        """Per scored layer: the kernel's column map, and Hq in the orientation it reads."""
+        metas: list[list[int]] = []
+        parts: list[torch.Tensor] = []
+        offset, work = 0, 1
+        scales = codec.scale_byte_offsets()
+        for index, spec in enumerate(layout.layers):
+            if spec.name not in hq:
+                continue
+            h = hq[spec.name].detach().to("cpu", torch.float32)
+            meta, part = _layer_meta(spec, layout.offsets[spec.name], scales[index], h)
+            metas.append([*meta, offset])
+            parts.append(part)
+            offset += spec.dim
+            work = max(work, meta[2] * (meta[3] + meta[4]) + 1)
+        if not metas:
+            raise ValueError("the query names no layer of this index")
+        flat = torch.cat(parts, dim=1).contiguous()
+        table = torch.tensor(metas, dtype=torch.int64)
+        prepared = PreparedQuery(table, flat, work, flat.shape[0])
+        if self.has_bounded:
+            prepared.bounded = quantize_queries(table, parts, len(metas))
+        return prepared
+
+    def row_norms(self, query: PreparedQuery, rows: torch.Tensor) -> torch.Tensor:
+        """(n, layers) s_a·s_b·Σ_k ‖a_k‖‖b_k‖ of the query's layers: they do not depend on
+        the query's values, only on which layers it scores (compute once, reuse)."""
+        n, layers = rows.shape[0], query.meta.shape[0]
+        norms = torch.empty(n, layers)
+        self._check(query, rows, norms.new_empty(query.batch, n))
+        spans, _ = self._spans(query, n)
+
+        def run(span: tuple[int, int]) -> None:
+            start, stop = span
+            self._norms(
+                rows.data_ptr() + start * rows.stride(0),
+                stop - start,
+                rows.stride(0),
+                query.meta.data_ptr(),
+                layers,
+                norms.data_ptr() + 4 * start * layers,
+            )
+
+        list(self._pool.map(run, spans))
+        return norms
+
+    def bounded(
+        self,
+        query: PreparedQuery,
+        rows: torch.Tensor,
+        norms: torch.Tensor,
+        approx: torch.Tensor,
+        margin: torch.Tensor,
+    ) -> None:
+        """(B, n) approximate scores and their error bounds: |exact − approx| ≤ margin.
+
+        ``norms``: ``row_norms`` of the same rows and layers.
+        """
+        bounded = query.bounded
+        if bounded is None:
+            raise ValueError("this build has no bounded pass (needs AVX-512 VNNI)")
+        if norms.shape != (rows.shape[0], query.meta.shape[0]) or not norms.is_contiguous():
+            raise ValueError("norms must be the (n, layers) row_norms of these rows")
+        self._check(query, rows, approx)
+        self._check(query, rows, margin)
+        spans, works = self._spans(query, rows.shape[0])
+
+        def run(span: tuple[int, int], work: torch.Tensor) -> None:
+            start, stop = span
+            self._bounded(
+                rows.data_ptr() + start * rows.stride(0),
+                stop - start,
+                rows.stride(0),
+                query.meta.data_ptr(),
+                bounded.offsets.data_ptr(),
+                query.meta.shape[0],
+                query.hq.data_ptr(),
+                query.hq.stride(0),
+                bounded.packed.data_ptr(),
+                bounded.packed.stride(0),
+                bounded.scales.data_ptr(),
+                bounded.eps.data_ptr(),
+                query.batch,
+                norms.data_ptr() + 4 * start * norms.shape[1],
+                approx.data_ptr() + 4 * start,
+                margin.data_ptr() + 4 * start,
+                approx.stride(0),
+                work.data_ptr(),
+            )
+
+        list(self._pool.map(lambda job: run(*job), zip(spans, works, strict=True)))
+
+    def score(self, query: PreparedQuery, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Write the (B, n) scores of ``rows`` into ``out`` (a (B, ≥ n) float32 buffer)."""
+        n = rows.shape[0]
+        self._check(query, rows, out)
+        spans, works = self._spans(query, n)
+        list(
+            self._pool.map(
+                lambda job: self._run(query, rows, out, *job), zip(spans, works, strict=True)
+            )
+        )
+        return out[:, :n]
+
+    @staticmethod
+    def _check(query: PreparedQuery, rows: torch.Tensor, out: torch.Tensor) -> None:
+        if rows.dtype != torch.int8 or rows.stride(1) != 1:
+            raise ValueError("the fused kernel reads int8 rows with contiguous columns")
+        if out.dtype != torch.float32 or out.stride(1) != 1 or out.shape[0] != query.batch:
+            raise ValueError("out must be a (B, n) float32 buffer")
+        if out.shape[1] < rows.shape[0]:
+            raise ValueError("out has fewer columns than there are rows")
+
+    def _spans(
+        self, query: PreparedQuery, n: int
+    ) -> tuple[list[tuple[int, int]], list[torch.Tensor]]:
+        """One contiguous share of the rows per thread (whole tiles), and its scratch space."""
+        chunk = -(-max(n, 1) // self.threads)
+        chunk = -(-chunk // _TILE) * _TILE
+        spans = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+        return spans, [torch.empty(query.work_floats) for _ in spans]
+
+    def _run(
+        self,
+        query: PreparedQuery,
+        rows: torch.Tensor,
+        out: torch.Tensor,
+        span: tuple[int, int],
+        work: torch.Tensor,
+    ) -> None:
+        start, stop = span
+        self._fn(
+            rows.data_ptr() + start * rows.stride(0),
+            stop - start,
+            rows.stride(0),
+            query.meta.data_ptr(),
+            query.meta.shape[0],
+            query.hq.data_ptr(),
+            query.batch,
+            query.hq.stride(0),
+            out.data_ptr() + 4 * start,
+            out.stride(0),
+            work.data_ptr(),
+        )
+
+
+def _layer_meta(
+    spec: LayerSpec, start: int, scales: tuple[int, int | None], h: torch.Tensor
+) -> tuple[list[int], torch.Tensor]:
+    """The kernel's view of one layer (a, b offsets, c, da, db, a and b scale bytes) and its
+    (B, db·da) query block. ``a`` is the vectorized side: the one whose width divides into
+    16-float registers (else 8, else the larger), so the inner loop has no remainder."""
+    left_scale, right_scale = scales
+    if spec.dense:  # one component: a = G, b = the number 1
+        return [start, -1, 1, spec.dim, 1, left_scale, -1], h.reshape(h.shape[0], -1)
+    right_start = start + spec.rank * spec.d1
+    assert right_scale is not None
+    if _vector_side(spec.d1, spec.d2) == "left":  # a = L, H read as (d2, d1)
+        meta = [start, right_start, spec.rank, spec.d1, spec.d2, left_scale, right_scale]
+        return meta, h.transpose(1, 2).reshape(h.shape[0], -1)
+    meta = [right_start, start, spec.rank, spec.d2, spec.d1, right_scale, left_scale]
+    return meta, h.reshape(h.shape[0], -1)  # a = R, H read as (d1, d2)
+
+
+def _vector_side(d1: int, d2: int) -> str:
+    for width in (16, 8):
+        if d1 % width == 0 or d2 % width == 0:
+            if d1 % width == 0 and (d2 % width or d1 >= d2):
+                return "left"
+            return "right"
+    return "left" if d1 >= d2 else "right"
+
+
+_UNIT = 2.0**-24  # float32 unit roundoff
+
+
+def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int) -> BoundedQuery:
+    """Per layer and query: H8 = round(H / s_H), s_H = max|H| / 127, and the error term.
+
+    eps = ‖H − s_H·H8‖₂ (spectral norm, float64) + a float32 rounding term that covers both
+    this pass and the exact kernel: 2⁻²³ · (c·(da + db) + layers + 16) · ‖H‖_F, the standard
+    bound on a dot product of that depth, with ‖H‖_F ≥ ‖|H|‖₂. For any row,
+    |⟨H, Σ_k a_k b_kᵀ⟩ − ⟨s_H·H8, Σ_k a_k b_kᵀ⟩| ≤ ‖ΔH‖₂ · Σ_k ‖a_k‖‖b_k‖ (Cauchy–Schwarz
+    on each component), so eps times the row's Σ_k ‖a_k‖‖b_k‖ bounds the difference
+    between the two computed scores. eps is rounded up by 0.1 % for the float32 rounding of
+    the bound itself.
+    """
+    batch = parts[0].shape[0]
+    offsets, packed, scales, eps = [], [], [], []
+    position = 0
+    for index in range(layers):
+        _, _, c, da, db = (int(v) for v in meta[index, :5])
+        h = parts[index].to(torch.float64).reshape(batch, db, da).transpose(1, 2)  # (B, da, db)
+        rounding = 2.0 * _UNIT * (c * (da + db) + layers + 16) * torch.linalg.matrix_norm(h)
+        integer = (
+            da % 16 == 0 and db % 4 == 0 and db <= 1024 and c <= 256 and int(meta[index, 1]) >= 0
+        )
+        if not integer:
+            offsets.append(-1)
+            scales.append(torch.ones(batch, dtype=torch.float64))
+            eps.append(rounding)
+            continue
+        scale = (h.abs().amax(dim=(1, 2)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        scale = scale.to(torch.float32).to(torch.float64)  # the value the kernel multiplies by
+        codes = torch.round(h / scale[:, None, None]).clamp_(-127, 127)
+        error = torch.linalg.matrix_norm(h - codes * scale[:, None, None], ord=2)
+        unsigned = (codes + 128).to(torch.uint8)  # (B, da, db)
+        layout = unsigned.reshape(batch, da, db // 4, 4).permute(0, 2, 1, 3)
+        packed.append(layout.reshape(batch, -1))
+        offsets.append(position)
+        position += da * db
+        scales.append(scale)
+        eps.append(error + rounding)
+    margin = torch.stack(eps, dim=1) * 1.001
+    return BoundedQuery(
+        torch.tensor(offsets, dtype=torch.int64),
+        torch.cat(packed, dim=1).contiguous()
+        if packed
+        else torch.zeros(batch, 1, dtype=torch.uint8),
+        torch.stack(scales, dim=1).to(torch.float32).contiguous(),
+        torch.nextafter(margin.to(torch.float32), torch.full((1,), float("inf"))).contiguous(),
+    )

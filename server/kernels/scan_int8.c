@@ -1,0 +1,276 @@
+/* Fused exact scan of int8 factor rows (lorif_serve.server.kernels.fused).
+ *
+ * score[b][r] = sum over layers l of s_a(r,l) * s_b(r,l) * sum_k a_k^T H_bl^T b_k
+ *
+ * where a_k, b_k are the int8 codes of component k of the two factor sides of layer l in
+ * row r, s_a, s_b their float32 segment scales (stored at the row's end), and H_bl the
+ * preconditioned query b of layer l, laid out (db, da) row-major. The codes are converted
+ * to float once per row and layer and every product is accumulated in float32, so this
+ * computes the same numbers as the torch path, without writing any intermediate to memory.
+ * The vector width comes from GCC vector extensions: the compiler maps it to the widest
+ * registers of the machine it compiles on (-march=native).
+ */
+#include <stdint.h>
+#include <string.h>
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+
+#define KB 4 /* components scored together: four independent accumulators per H load */
+
+#define LAYER_KERNEL(NAME, VT, W)                                                          \
+    static float NAME(const float *restrict af, const float *restrict bf, int64_t c,       \
+                      int64_t da, int64_t db, const float *restrict H)                     \
+    {                                                                                      \
+        VT total = {0};                                                                    \
+        int64_t k = 0;                                                                     \
+        for (; k + KB <= c; k += KB) {                                                     \
+            const float *b0 = bf + k * db;                                                 \
+            for (int64_t v = 0; v < da; v += W) {                                          \
+                VT y0 = {0}, y1 = {0}, y2 = {0}, y3 = {0};                                 \
+                for (int64_t j = 0; j < db; j++) {                                         \
+                    VT h;                                                                  \
+                    memcpy(&h, H + j * da + v, sizeof h);                                  \
+                    y0 += h * b0[j];                                                       \
+                    y1 += h * b0[db + j];                                                  \
+                    y2 += h * b0[2 * db + j];                                              \
+                    y3 += h * b0[3 * db + j];                                              \
+                }                                                                          \
+                VT a0, a1, a2, a3;                                                         \
+                memcpy(&a0, af + k * da + v, sizeof a0);                                   \
+                memcpy(&a1, af + (k + 1) * da + v, sizeof a1);                             \
+                memcpy(&a2, af + (k + 2) * da + v, sizeof a2);                             \
+                memcpy(&a3, af + (k + 3) * da + v, sizeof a3);                             \
+                total += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3;                            \
+            }                                                                              \
+        }                                                                                  \
+        for (; k < c; k++) {                                                               \
+            const float *bk = bf + k * db;                                                 \
+            for (int64_t v = 0; v < da; v += W) {                                          \
+                VT y = {0};                                                                \
+                for (int64_t j = 0; j < db; j++) {                                         \
+                    VT h;                                                                  \
+                    memcpy(&h, H + j * da + v, sizeof h);                                  \
+                    y += h * bk[j];                                                        \
+                }                                                                          \
+                VT a;                                                                      \
+                memcpy(&a, af + k * da + v, sizeof a);                                     \
+                total += a * y;                                                            \
+            }                                                                              \
+        }                                                                                  \
+        float s = 0.0f;                                                                    \
+        for (int i = 0; i < W; i++) s += total[i];                                         \
+        return s;                                                                          \
+    }
+
+LAYER_KERNEL(layer_w16, v16, 16)
+LAYER_KERNEL(layer_w8, v8, 8)
+
+static float layer_scalar(const float *restrict af, const float *restrict bf, int64_t c,
+                          int64_t da, int64_t db, const float *restrict H)
+{
+    float s = 0.0f;
+    for (int64_t k = 0; k < c; k++)
+        for (int64_t i = 0; i < da; i++) {
+            float y = 0.0f;
+            for (int64_t j = 0; j < db; j++) y += H[j * da + i] * bf[k * db + j];
+            s += af[k * da + i] * y;
+        }
+    return s;
+}
+
+static void to_float(const int8_t *restrict src, float *restrict dst, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) dst[i] = (float)src[i];
+}
+
+enum { META = 8, TILE = 8 };
+
+int32_t lorif_kernel_version(void) { return 4; }
+
+/* meta, per layer: a offset, b offset (-1: a dense layer, b = 1), c, da, db,
+ * byte offset of the a scale, of the b scale (-1: 1), offset of H in a query's block.
+ * work: at least max over layers of c*(da+db) + 1 floats. Rows are processed in tiles,
+ * layer by layer inside a tile, so one layer's queries stay in cache across the tile. */
+void lorif_scan_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
+                     const int64_t *meta, int32_t n_layers, const float *hq, int32_t batch,
+                     int64_t hq_stride, float *out, int64_t out_stride, float *work)
+{
+    for (int64_t t0 = 0; t0 < n_rows; t0 += TILE) {
+        const int64_t t1 = t0 + TILE < n_rows ? t0 + TILE : n_rows;
+        for (int32_t b = 0; b < batch; b++)
+            for (int64_t r = t0; r < t1; r++) out[b * out_stride + r] = 0.0f;
+        for (int32_t l = 0; l < n_layers; l++) {
+            const int64_t *m = meta + META * l;
+            const int64_t c = m[2], da = m[3], db = m[4];
+            float *af = work, *bf = work + c * da;
+            for (int64_t r = t0; r < t1; r++) {
+                const int8_t *row = rows + r * row_bytes;
+                float sa = 1.0f, sb = 1.0f;
+                if (m[5] >= 0) memcpy(&sa, row + m[5], sizeof sa);
+                if (m[6] >= 0) memcpy(&sb, row + m[6], sizeof sb);
+                to_float(row + m[0], af, c * da);
+                if (m[1] >= 0) to_float(row + m[1], bf, c * db);
+                else bf[0] = 1.0f;
+                const float scale = sa * sb;
+                for (int32_t b = 0; b < batch; b++) {
+                    const float *H = hq + b * hq_stride + m[7];
+                    float s;
+                    if (da % 16 == 0) s = layer_w16(af, bf, c, da, db, H);
+                    else if (da % 8 == 0) s = layer_w8(af, bf, c, da, db, H);
+                    else s = layer_scalar(af, bf, c, da, db, H);
+                    out[b * out_stride + r] += s * scale;
+                }
+            }
+        }
+    }
+}
+
+/* ---- the bounded pass: int8 queries, integer dot products ------------------------------
+ *
+ * Each layer's query is quantized per layer, H = s_H * H8 + dH (H8 int8). Products of int8
+ * codes are summed exactly in int32 (AVX-512 VNNI: 64 multiply-adds per instruction, 4x the
+ * float32 rate), so the approximate score differs from the exact one only through dH and
+ * float32 rounding; both are bounded per row by eps_l * s_a * s_b * sum_k |a_k| |b_k|, with
+ * eps_l (per query and layer) computed by the caller. approx[b][r] and margin[b][r] are
+ * written; rows whose interval can reach the k-th best are rescored exactly afterwards.
+ * Layers the integer path cannot take (widths not multiples of 16 / 4) are scored in float
+ * here (the caller gives them eps = the rounding term only).
+ */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+#include <immintrin.h>
+#include <math.h>
+
+int32_t lorif_has_bounded(void) { return 1; }
+
+/* Returns the layer's 16 partial sums (reduced once per row, not once per layer). The
+ * unsigned query (H8 + 128) adds 128 * sum_j b_kj to every y; that term is computed with the
+ * same broadcasts against a vector of 128s and taken off. */
+static __m512 layer_vnni(const int8_t *A, const int8_t *Bc, int64_t c, int64_t da, int64_t db,
+                         const uint8_t *Hu)
+{
+    const __m512i offset = _mm512_set1_epi8((char)0x80);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t k = 0; k < c; k += 4) {
+        const int64_t kn = c - k < 4 ? c - k : 4;
+        const int8_t *b0 = Bc + k * db;
+        __m512i z0 = _mm512_setzero_si512(), z1 = z0, z2 = z0, z3 = z0;
+        for (int64_t v = 0; v < da; v += 16) {
+            __m512i y0 = _mm512_setzero_si512(), y1 = y0, y2 = y0, y3 = y0;
+            for (int64_t g = 0; g < db; g += 4) {
+                const __m512i h = _mm512_loadu_si512((const void *)(Hu + (g * da + 4 * v)));
+                int32_t w0, w1 = 0, w2 = 0, w3 = 0;
+                memcpy(&w0, b0 + g, 4);
+                if (kn > 1) memcpy(&w1, b0 + db + g, 4);
+                if (kn > 2) memcpy(&w2, b0 + 2 * db + g, 4);
+                if (kn > 3) memcpy(&w3, b0 + 3 * db + g, 4);
+                const __m512i e0 = _mm512_set1_epi32(w0), e1 = _mm512_set1_epi32(w1);
+                const __m512i e2 = _mm512_set1_epi32(w2), e3 = _mm512_set1_epi32(w3);
+                y0 = _mm512_dpbusd_epi32(y0, h, e0);
+                y1 = _mm512_dpbusd_epi32(y1, h, e1);
+                y2 = _mm512_dpbusd_epi32(y2, h, e2);
+                y3 = _mm512_dpbusd_epi32(y3, h, e3);
+                if (v == 0) {
+                    z0 = _mm512_dpbusd_epi32(z0, offset, e0);
+                    z1 = _mm512_dpbusd_epi32(z1, offset, e1);
+                    z2 = _mm512_dpbusd_epi32(z2, offset, e2);
+                    z3 = _mm512_dpbusd_epi32(z3, offset, e3);
+                }
+            }
+            const __m512i ys[4] = {_mm512_sub_epi32(y0, z0), _mm512_sub_epi32(y1, z1),
+                                   _mm512_sub_epi32(y2, z2), _mm512_sub_epi32(y3, z3)};
+            for (int64_t q = 0; q < kn; q++) {
+                const __m128i a8 = _mm_loadu_si128((const void *)(A + (k + q) * da + v));
+                const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a8));
+                total = _mm512_fmadd_ps(a, _mm512_cvtepi32_ps(ys[q]), total);
+            }
+        }
+    }
+    return total;
+}
+
+static float code_norm(const int8_t *x, int64_t n)
+{
+    int32_t s = 0;
+    for (int64_t i = 0; i < n; i++) s += (int32_t)x[i] * x[i];
+    return sqrtf((float)s);
+}
+
+/* norms[r][l] = s_a * s_b * sum_k |a_k| |b_k| (query-independent: computed once per index) */
+void lorif_row_norms(const int8_t *rows, int64_t n_rows, int64_t row_bytes, const int64_t *meta,
+                     int32_t n_layers, float *norms)
+{
+    for (int64_t r = 0; r < n_rows; r++) {
+        const int8_t *row = rows + r * row_bytes;
+        for (int32_t l = 0; l < n_layers; l++) {
+            const int64_t *m = meta + META * l;
+            const int64_t c = m[2], da = m[3], db = m[4];
+            float sa = 1.0f, sb = 1.0f, norm = 0.0f;
+            if (m[5] >= 0) memcpy(&sa, row + m[5], sizeof sa);
+            if (m[6] >= 0) memcpy(&sb, row + m[6], sizeof sb);
+            for (int64_t k = 0; k < c; k++) {
+                const float nb = m[1] >= 0 ? code_norm(row + m[1] + k * db, db) : 1.0f;
+                norm += code_norm(row + m[0] + k * da, da) * nb;
+            }
+            norms[r * n_layers + l] = norm * sa * sb;
+        }
+    }
+}
+
+/* meta as for lorif_scan_int8; hu: per query, the packed unsigned H8 of every layer at
+ * hu_meta offsets (-1: the layer is scored in float from hq); hscale (B, layers): s_H;
+ * eps (B, layers). */
+void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
+                        const int64_t *meta, const int64_t *hu_offsets, int32_t n_layers,
+                        const float *hq, int64_t hq_stride, const uint8_t *hu,
+                        int64_t hu_stride, const float *hscale, const float *eps,
+                        int32_t batch, const float *norms, float *approx, float *margin,
+                        int64_t out_stride, float *work)
+{
+    __m512 acc[batch];
+    for (int64_t r = 0; r < n_rows; r++) {
+        const int8_t *row = rows + r * row_bytes;
+        for (int32_t b = 0; b < batch; b++) {
+            acc[b] = _mm512_setzero_ps();
+            approx[b * out_stride + r] = 0.0f;
+            margin[b * out_stride + r] = 0.0f;
+        }
+        for (int32_t l = 0; l < n_layers; l++) {
+            const int64_t *m = meta + META * l;
+            const int64_t c = m[2], da = m[3], db = m[4];
+            float sa = 1.0f, sb = 1.0f;
+            if (m[5] >= 0) memcpy(&sa, row + m[5], sizeof sa);
+            if (m[6] >= 0) memcpy(&sb, row + m[6], sizeof sb);
+            const float scale = sa * sb;
+            const float norm = norms[r * n_layers + l];
+            const int integer = hu_offsets[l] >= 0;
+            float *af = work, *bf = work + c * da;
+            if (!integer) {
+                to_float(row + m[0], af, c * da);
+                if (m[1] >= 0) to_float(row + m[1], bf, c * db);
+                else bf[0] = 1.0f;
+            }
+            for (int32_t b = 0; b < batch; b++) {
+                if (integer) {
+                    const __m512 t = layer_vnni(row + m[0], row + m[1], c, da, db,
+                                                hu + b * hu_stride + hu_offsets[l]);
+                    const float s = scale * hscale[b * n_layers + l];
+                    acc[b] = _mm512_fmadd_ps(t, _mm512_set1_ps(s), acc[b]);
+                } else {
+                    const float *H = hq + b * hq_stride + m[7];
+                    float s;
+                    if (da % 16 == 0) s = layer_w16(af, bf, c, da, db, H);
+                    else if (da % 8 == 0) s = layer_w8(af, bf, c, da, db, H);
+                    else s = layer_scalar(af, bf, c, da, db, H);
+                    approx[b * out_stride + r] += s * scale;
+                }
+                margin[b * out_stride + r] += eps[b * n_layers + l] * norm;
+            }
+        }
+        for (int32_t b = 0; b < batch; b++)
+            approx[b * out_stride + r] += _mm512_reduce_add_ps(acc[b]);
+    }
+}
+#else
+int32_t lorif_has_bounded(void) { return 0; }
+#endif
