@@ -158,9 +158,11 @@ async def http_load(
     }
 
 
-def http_section(index: Path, model_dir: Path, query: tuple[str, str]) -> list[dict[str, Any]]:
+def http_section(
+    index: Path, model_dir: Path, query: tuple[str, str], *extra: str
+) -> list[dict[str, Any]]:
     port = free_port()
-    command = server_command(index, model_dir, port, "cpu", "--residency", "ram")
+    command = server_command(index, model_dir, port, "cpu", "--residency", "ram", *extra)
     process = subprocess.Popen(command)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -164,7 +164,14 @@ class ScanEngine:
         resident = self._resident if self.residency == "ram" else None
         scanner = FusedScanner(status.kernel, self.reader, resident, bounded)
         # The resident rows' norms, now rather than in the first query.
-        scanner.warm(ScanQuery({s.name: torch.zeros(1, s.d1, s.d2) for s in self.layout.layers}))
+        scanner.warm(
+            ScanQuery(
+                {
+                    s.name: torch.zeros(1, s.d1, s.d2, dtype=torch.float32)
+                    for s in self.layout.layers
+                }
+            )
+        )
         return scanner
 
     @property

@@ -43,21 +43,31 @@ class RowMerger:
         self.rows: torch.Tensor | None = None
 
     def add(self, scores: torch.Tensor, rows: torch.Tensor) -> None:
-        """scores (B, m) of rows (m,) or (B, m)."""
+        """scores (B, m) of rows (m,) or (B, m). Among equal scores the lower row number is
+        kept, so the k kept do not depend on how the rows were split into blocks."""
         rows = rows.expand_as(scores) if rows.dim() == 1 else rows
         if self.scores is not None and self.rows is not None:
             scores = torch.cat([self.scores, scores], dim=1)
             rows = torch.cat([self.rows, rows], dim=1)
         take = min(self.k, scores.shape[1])
         values, picked = scores.topk(take, dim=1, largest=self.largest, sorted=False)
-        self.scores, self.rows = values, rows.gather(1, picked)
+        kept = rows.gather(1, picked)
+        edge = values.min(dim=1).values if self.largest else values.max(dim=1).values
+        reach = scores >= edge[:, None] if self.largest else scores <= edge[:, None]
+        if int(reach.sum(dim=1).max()) > take:  # ties at the k-th value: lowest rows win
+            values, kept = values.clone(), kept.clone()
+            for b in range(scores.shape[0]):
+                at = reach[b].nonzero().squeeze(1)
+                order = _score_then_row(scores[b, at], rows[b, at], self.largest)[:take]
+                values[b], kept[b] = scores[b, at[order]], rows[b, at[order]]
+        self.scores, self.rows = values, kept
 
     def kth(self) -> torch.Tensor:
         """(B,) the current k-th value: −inf (or +inf) until k scores were merged."""
         if self.scores is None or self.scores.shape[1] < self.k:
             batch = 0 if self.scores is None else self.scores.shape[0]
             fill = float("-inf") if self.largest else float("inf")
-            return torch.full((batch,), fill)
+            return torch.full((batch,), fill, dtype=torch.float32)
         if self.largest:
             return self.scores.min(dim=1).values
         return self.scores.max(dim=1).values
@@ -66,10 +76,20 @@ class RowMerger:
         """Sorted by score, ties by row number (deterministic)."""
         if self.scores is None or self.rows is None:
             raise RuntimeError("nothing was merged")
-        order = torch.argsort(self.rows, dim=1, stable=True)
-        scores, rows = self.scores.gather(1, order), self.rows.gather(1, order)
-        order = torch.argsort(scores, dim=1, descending=self.largest, stable=True)
-        return scores.gather(1, order), rows.gather(1, order)
+        order = torch.stack(
+            [
+                _score_then_row(s, r, self.largest)
+                for s, r in zip(self.scores, self.rows, strict=True)
+            ]
+        )
+        return self.scores.gather(1, order), self.rows.gather(1, order)
+
+
+def _score_then_row(scores: torch.Tensor, rows: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Positions ordered by score (descending if ``largest``), equal scores by row number."""
+    by_row = torch.argsort(rows, stable=True)
+    by_score = torch.argsort(scores[by_row], descending=largest, stable=True)
+    return by_row[by_score]
 
 
 class FusedScanner:
@@ -118,7 +138,7 @@ class FusedScanner:
         for raw, start, waited, release in blocks:
             wait += waited
             if out is None or out.shape[1] < raw.shape[0]:
-                out = torch.empty(prepared.batch, raw.shape[0])
+                out = torch.empty(prepared.batch, raw.shape[0], dtype=torch.float32)
             scores = self.kernel.score(prepared, raw, out)
             numbers = torch.arange(start, start + raw.shape[0])
             best.add(scores, numbers)
@@ -149,7 +169,8 @@ class FusedScanner:
             wait += waited
             n = raw.shape[0]
             if approx is None or margin is None or approx.shape[1] < n:
-                approx, margin = torch.empty(prepared.batch, n), torch.empty(prepared.batch, n)
+                approx = torch.empty(prepared.batch, n, dtype=torch.float32)
+                margin = torch.empty_like(approx)
             norms = self._block_norms(prepared, layers, raw, start)
             self.kernel.bounded(prepared, raw, norms, approx, margin)
             low = approx[:, :n] - margin[:, :n]
@@ -174,7 +195,7 @@ class FusedScanner:
         if upper is not None:
             keep |= (low <= upper.kth()[:, None]).any(dim=0)
         rows = rows[keep]
-        exact = torch.empty(prepared.batch, rows.shape[0])
+        exact = torch.empty(prepared.batch, rows.shape[0], dtype=torch.float32)
         self.kernel.score(prepared, self._fetch(rows), exact)
         best = RowMerger(top_k, largest=True)
         best.add(exact, rows)

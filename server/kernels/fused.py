@@ -181,7 +181,7 @@ class FusedInt8Scan:
         """(n, layers) s_a·s_b·Σ_k ‖a_k‖‖b_k‖ of the query's layers: they do not depend on
         the query's values, only on which layers it scores (compute once, reuse)."""
         n, layers = rows.shape[0], query.meta.shape[0]
-        norms = torch.empty(n, layers)
+        norms = torch.empty(n, layers, dtype=torch.float32)
         self._check(query, rows, norms.new_empty(query.batch, n))
         spans, _ = self._spans(query, n)
 
@@ -273,7 +273,7 @@ class FusedInt8Scan:
         chunk = -(-max(n, 1) // self.threads)
         chunk = -(-chunk // _TILE) * _TILE
         spans = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
-        return spans, [torch.empty(query.work_floats) for _ in spans]
+        return spans, [torch.empty(query.work_floats, dtype=torch.float32) for _ in spans]
 
     def _run(
         self,
@@ -373,5 +373,7 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
         if packed
         else torch.zeros(batch, 1, dtype=torch.uint8),
         torch.stack(scales, dim=1).to(torch.float32).contiguous(),
-        torch.nextafter(margin.to(torch.float32), torch.full((1,), float("inf"))).contiguous(),
+        torch.nextafter(
+            margin.to(torch.float32), torch.full((1,), float("inf"), dtype=torch.float32)
+        ).contiguous(),
     )

@@ -1,0 +1,139 @@
+"""The CPU scan kernels side by side, in one process: torch, fused, bounded.
+
+For each index (the demo index and the 1 M-row synthetic one, residency ram), one exact
+top-10 + bottom-10 scan at B = 1 and B = 16 real preconditioned queries (held-out articles):
+median scan ms, the read floor (the same bytes copied block by block into a buffer), the
+ratio, the rows the bounded scan rescored, and whether its answer equals the fused scan's
+bit for bit. Then HTTP queries/s on the demo index with each kernel.
+
+    python -m benchmarks.scan_kernels --index .cache/bbc/bbc.h5 --model .cache/bbc/model-300steps \\
+        --synthetic .cache/syn-1m.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from examples.bbc.serve import demo_query
+from lorif_serve.indexer.core.query import ScanQuery, precondition
+from lorif_serve.indexer.inputs.lm import load_model
+from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.engine import ScanEngine
+from lorif_serve.server.featurizer import ModelFeaturizer
+
+from .common import median_seconds, write_result
+from .serving import http_section, read_floor
+
+KERNELS = ("torch", "fused", "bounded")
+
+
+def held_out_queries(
+    index: Path, model_dir: Path, held_out: Path, count: int
+) -> dict[str, torch.Tensor]:
+    """Preconditioned gradients of ``count`` held-out articles (headline → opening)."""
+    loaded = load_model(model_dir, "cpu")
+    with IndexReader(index) as reader:
+        projections = {
+            reader.projection(i).name: reader.projection(i) for i in range(len(reader.layers))
+        }
+        featurizer = ModelFeaturizer(
+            loaded.model, loaded.tokenizer, projections, torch.device("cpu")
+        )
+        encoded = []
+        for line in held_out.read_text(encoding="utf-8").splitlines()[:count]:
+            head, _, body = json.loads(line)["text"].partition("\n\n")
+            encoded.append(featurizer.encode(head, " " + " ".join(body.split()[:60])))
+        grads, _ = featurizer.gradients(encoded)
+        curvatures = {
+            s.name: reader.curvature(i).to("cpu", torch.float32)
+            for i, s in enumerate(reader.layers)
+        }
+        return precondition(reader.layers, curvatures, grads)
+
+
+def engine_rows(index: Path, hq: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    rows = []
+    with IndexReader(index) as reader:
+        engines = {
+            kernel: ScanEngine(reader, torch.device("cpu"), "ram", kernel=kernel)
+            for kernel in KERNELS
+        }
+        floor = read_floor(engines["fused"])
+        for batch in (1, 16):
+            query = ScanQuery({name: h[:batch] for name, h in hq.items()})
+            answers = {}
+            for kernel, engine in engines.items():
+                repeats = 1 if kernel == "torch" and reader.n_examples > 100_000 else 3
+                answers[kernel] = engine.scan(query, 10, 10)
+                seconds = median_seconds(
+                    lambda e=engine, q=query: e.scan(q, 10, 10), repeats, warmup=0
+                )
+                rows.append(
+                    {
+                        "index": index.name,
+                        "n": reader.n_examples,
+                        "batch": batch,
+                        "kernel": kernel,
+                        "scan_ms": 1000 * seconds,
+                        "read_floor_ms": 1000 * floor,
+                        "scan_over_read": seconds / floor,
+                        "rescored_fraction": answers[kernel].rescored / reader.n_examples,
+                    }
+                )
+            fused, bounded = answers["fused"], answers["bounded"]
+            same = all(
+                torch.equal(getattr(fused, f), getattr(bounded, f))
+                for f in ("top_scores", "top_rows", "bottom_scores", "bottom_rows")
+            )
+            rows[-1]["equals_fused"] = same
+            torch_same = torch.equal(answers["torch"].top_rows, fused.top_rows)
+            rows[-3]["same_top_rows_as_fused"] = torch_same
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--synthetic", type=Path)
+    parser.add_argument("--held-out", type=Path, default=Path(".cache/bbc/held_out.jsonl"))
+    parser.add_argument("--no-http", action="store_true")
+    args = parser.parse_args()
+    hq = held_out_queries(args.index, args.model, args.held_out, 16)
+    rows = []
+    for index in [args.index] + ([args.synthetic] if args.synthetic else []):
+        rows += engine_rows(index, hq)
+    table = (
+        "| index | N | B | kernel | scan ms | read floor ms | scan / read | rescored | "
+        "equal to fused |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    for r in rows:
+        same = r.get("equals_fused", r.get("same_top_rows_as_fused", ""))
+        table += (
+            f"| {r['index']} | {r['n']:,} | {r['batch']} | {r['kernel']} | {r['scan_ms']:.1f} | "
+            f"{r['read_floor_ms']:.1f} | {r['scan_over_read']:.2f} | "
+            f"{100 * r['rescored_fraction']:.2f} % | {same} |\n"
+        )
+    http = {}
+    if not args.no_http:
+        prompt, completion, _ = demo_query(args.held_out)
+        table += "\nHTTP, demo index, residency ram, 8 s per level (queries/s):\n\n"
+        table += "| kernel | 1 client | 4 clients | 16 clients |\n|---|---|---|---|\n"
+        for kernel in KERNELS:
+            levels = http_section(
+                args.index, args.model, (prompt, completion), "--scan-kernel", kernel
+            )
+            http[kernel] = levels
+            qps = {level["clients"]: level["qps"] for level in levels}
+            table += f"| {kernel} | {qps[1]:.1f} | {qps[4]:.1f} | {qps[16]:.1f} |\n"
+    write_result("scan_kernels", {"engine": rows, "http": http}, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The compiled CPU scan kernels against the float64 reference and against each other.
+
+fused: every row in float32 (≈ 1e-7 of the reference). bounded: its interval holds the fused
+score of every row, and its top-k / bottom-k are bit for bit the fused scan's, ties included.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lorif_serve.indexer.core.codec import RowCodec
+from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
+from lorif_serve.indexer.core.query import ScanQuery
+from lorif_serve.indexer.core.scoring import score_reference
+from lorif_serve.server.fused_scan import FusedScanner
+from lorif_serve.server.kernels.fused import load_kernel
+
+STATUS = load_kernel()
+needs_kernel = pytest.mark.skipif(STATUS.kernel is None, reason=STATUS.reason)
+needs_bounded = pytest.mark.skipif(
+    STATUS.kernel is None or not STATUS.kernel.has_bounded, reason="no AVX-512 VNNI build"
+)
+
+# Every code path: 16-wide and 8-wide vectors on either side, a scalar remainder (5, 7),
+# c not a multiple of 4, widths the integer pass refuses (db % 4 ≠ 0), a dense layer.
+SPECS = [
+    LayerSpec("sq", 64, 64, 16, 16, 8),
+    LayerSpec("wide", 64, 256, 16, 64, 5),
+    LayerSpec("tall", 256, 64, 64, 16, 3),
+    LayerSpec("eight", 64, 96, 8, 24, 2),
+    LayerSpec("odd", 40, 56, 5, 7, 2),
+    LayerSpec("dense", 64, 64, 4, 8, 1, dense=True),
+]
+
+
+def int8_rows(n, seed=0, duplicate_every=0):
+    layout = RowLayout(SPECS)
+    codec = RowCodec(layout, torch.int8)
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(n, layout.width, generator=generator, dtype=torch.float64)
+    values *= torch.logspace(-3, 3, n, dtype=torch.float64)[torch.randperm(n, generator=generator)][
+        :, None
+    ]
+    if duplicate_every:
+        values[duplicate_every::duplicate_every] = values[0]  # many rows with equal scores
+    return layout, codec, codec.encode(values)
+
+
+def queries(batch, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        s.name: torch.randn(batch, s.d1, s.d2, generator=generator, dtype=torch.float32)
+        for s in SPECS
+    }
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_kernel_matches_the_float64_reference(batch):
+    layout, codec, raw = int8_rows(50)
+    hq = queries(batch)
+    kernel = STATUS.kernel
+    out = torch.empty(batch, 64, dtype=torch.float32)
+    got = kernel.score(kernel.prepare(layout, codec, hq), raw, out)
+    want = score_reference(layout, codec.decode(raw, torch.float64), hq)
+    scale = want.abs().amax(dim=1, keepdim=True)
+    assert torch.allclose(got.double() / scale, want / scale, atol=1e-5, rtol=0)
+
+
+@needs_kernel
+def test_fused_kernel_scores_a_row_the_same_wherever_it_sits():
+    layout, codec, raw = int8_rows(40)
+    kernel, hq = STATUS.kernel, queries(2)
+    prepared = kernel.prepare(layout, codec, hq)
+    whole = kernel.score(prepared, raw, torch.empty(2, 40, dtype=torch.float32)).clone()
+    picked = torch.tensor([39, 3, 17, 17])
+    alone = kernel.score(prepared, raw[picked], torch.empty(2, 4, dtype=torch.float32))
+    assert torch.equal(alone, whole[:, picked])
+
+
+@needs_bounded
+@pytest.mark.parametrize("seed", range(4))
+def test_bounded_interval_holds_every_fused_score(seed):
+    layout, codec, raw = int8_rows(300, seed)
+    kernel, hq = STATUS.kernel, queries(4, seed + 10)
+    prepared = kernel.prepare(layout, codec, hq)
+    exact = kernel.score(prepared, raw, torch.empty(4, 300, dtype=torch.float32))
+    approx, margin = torch.empty(4, 300), torch.empty(4, 300)
+    kernel.bounded(prepared, raw, kernel.row_norms(prepared, raw), approx, margin)
+    assert torch.all((exact - approx).abs() <= margin)
+    reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
+    assert torch.all((reference - approx.double()).abs() <= margin.double())
+    assert torch.all(margin > 0)  # the bound is not vacuous either:
+    assert (margin / reference.std(dim=1, keepdim=True)).median() < 1
+
+
+def _scanner(raw, layout, codec, bounded, resident):
+    reader = SimpleNamespace(layout=layout, codec=codec, rows=lambda a, b: raw[a:b])
+    return FusedScanner(STATUS.kernel, reader, raw if resident else None, bounded)
+
+
+def _blocks(raw, size):
+    return ((raw[a : a + size], a, 0.0, None) for a in range(0, raw.shape[0], size))
+
+
+@needs_bounded
+@pytest.mark.parametrize("resident", [True, False])
+@pytest.mark.parametrize("seed", range(6))
+def test_bounded_scan_returns_the_fused_ranking_bit_for_bit(seed, resident):
+    """Random queries over rows where every 7th row is a copy of row 0 (ties)."""
+    layout, codec, raw = int8_rows(400, seed, duplicate_every=7)
+    hq = queries(3, seed + 20)
+    if seed % 2:  # make the copies the best rows for query 0, the worst for query 1
+        values = codec.decode(raw[:1], torch.float64)
+        for spec in SPECS:
+            g = layout.gradients(spec, values).reshape(spec.d1, spec.d2).float()
+            hq[spec.name][0] = g
+            hq[spec.name][1] = -g
+    query = ScanQuery(hq)
+    results = {}
+    for bounded in (False, True):
+        scanner = _scanner(raw, layout, codec, bounded, resident)
+        results[bounded] = scanner.scan(query, _blocks(raw, 64), top_k=12, bottom_k=9)
+    fused, bounded = results[False], results[True]
+    for got, want in ((bounded.top, fused.top), (bounded.bottom, fused.bottom)):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert bounded.rescored < 400
+
+
+@needs_kernel
+def test_fused_scan_ranks_like_the_reference():
+    layout, codec, raw = int8_rows(200, 3)
+    hq = queries(2, 5)
+    outcome = _scanner(raw, layout, codec, False, True).scan(
+        ScanQuery(hq), _blocks(raw, 50), top_k=5, bottom_k=0
+    )
+    reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
+    assert torch.equal(outcome.top[1], reference.topk(5, dim=1).indices)
+
+
+def test_engine_falls_back_to_torch_without_the_kernel(monkeypatch, tmp_path):
+    from lorif_serve.server.engine import ScanEngine
+    from tests.builders import build_api_index
+
+    monkeypatch.setenv("LORIF_FUSED_KERNEL", "0")
+    from lorif_serve.indexer.store.reader import IndexReader
+
+    with IndexReader(build_api_index(tmp_path / "i.h5", "int8")) as reader:
+        engine = ScanEngine(reader, torch.device("cpu"), "ram")
+        assert engine.kernel == "torch" and "LORIF_FUSED_KERNEL" in engine.kernel_reason
+        with pytest.raises(ValueError, match="unavailable"):
+            ScanEngine(reader, torch.device("cpu"), "ram", kernel="fused")
