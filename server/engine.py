@@ -19,11 +19,9 @@ import torch
 
 from lorif_serve.indexer.core.query import ScanQuery, score_block
 from lorif_serve.indexer.store.reader import IndexReader
-from lorif_serve.server.fused_scan import FusedScanner, RawBlock
-from lorif_serve.server.kernels.fused import load_kernel
+from lorif_serve.server.fused_scan import FusedScanner, RawBlock, choose_scanner
 from lorif_serve.server.residency import choose_residency, default_block_rows
 
-SCAN_KERNELS = ("auto", "bounded", "fused", "torch")
 _FUSED_BLOCK_ROWS = 65536  # the kernel reads resident rows in place: long blocks, few merges
 
 # (host rows, start, stop, seconds the compute stage waited, release the host buffer or None)
@@ -135,44 +133,10 @@ class ScanEngine:
             if pin and self.codec.quantized
             else None
         )
-        self.kernel, self.kernel_reason = kernel, ""
-        self._fused = self._choose_kernel(kernel)
-
-    def _choose_kernel(self, requested: str) -> FusedScanner | None:
-        if requested not in SCAN_KERNELS:
-            raise ValueError(f"kernel must be one of {SCAN_KERNELS}, got {requested!r}")
-        if requested == "torch":
-            self.kernel_reason = "requested"
-            return None
-        usable = self.device.type == "cpu" and self.codec.quantized
-        status = load_kernel() if usable else None
-        if status is None or status.kernel is None:
-            why = (
-                status.reason
-                if status is not None
-                else "the compiled kernels read int8 rows on the CPU"
-            )
-            if requested != "auto":
-                raise ValueError(f"scan kernel {requested!r} is unavailable: {why}")
-            self.kernel, self.kernel_reason = "torch", why
-            return None
-        bounded = requested in ("auto", "bounded") and status.kernel.has_bounded
-        if requested == "bounded" and not bounded:
-            raise ValueError("scan kernel 'bounded' needs AVX-512 VNNI; use 'fused'")
-        self.kernel = "bounded" if bounded else "fused"
-        self.kernel_reason = status.reason
         resident = self._resident if self.residency == "ram" else None
-        scanner = FusedScanner(status.kernel, self.reader, resident, bounded)
-        # The resident rows' norms, now rather than in the first query.
-        scanner.warm(
-            ScanQuery(
-                {
-                    s.name: torch.zeros(1, s.d1, s.d2, dtype=torch.float32)
-                    for s in self.layout.layers
-                }
-            )
+        self._fused, self.kernel, self.kernel_reason = choose_scanner(
+            kernel, device, reader, resident
         )
-        return scanner
 
     @property
     def total_bytes(self) -> int:

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
+from lorif_serve.errors import ConfigError
 from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.store.reader import IndexReader
-from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery
+from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery, load_kernel
+
+SCAN_KERNELS = ("auto", "bounded", "fused", "torch")
 
 # (raw int8 rows, first row, seconds the scan waited for them, release the buffer or None)
 RawBlock = tuple[torch.Tensor, int, float, "Callable[[], None] | None"]
@@ -229,3 +232,34 @@ class FusedScanner:
         for i, row in enumerate(rows.tolist()):
             out[i] = self.reader.rows(row, row + 1)[0]
         return out
+
+
+def choose_scanner(
+    requested: str, device: torch.device, reader: IndexReader, resident: torch.Tensor | None
+) -> tuple[FusedScanner | None, str, str]:
+    """(scanner or None for the torch path, the kernel's name, why).
+
+    ``auto`` takes the fastest available; naming an unavailable kernel is a ConfigError.
+    """
+    if requested not in SCAN_KERNELS:
+        raise ConfigError(f"scan kernel must be one of {SCAN_KERNELS}, got {requested!r}")
+    if requested == "torch":
+        return None, "torch", "requested"
+    status = None
+    if device.type == "cpu" and reader.codec.quantized:
+        status = load_kernel()
+    if status is None or status.kernel is None:
+        why = status.reason if status is not None else "compiled kernels read int8 rows on a CPU"
+        if requested != "auto":
+            raise ConfigError(f"scan kernel {requested!r} is unavailable: {why}")
+        return None, "torch", why
+    bounded = requested in ("auto", "bounded") and status.kernel.has_bounded
+    if requested == "bounded" and not bounded:
+        raise ConfigError("scan kernel 'bounded' needs AVX-512 VNNI here; use 'fused'")
+    scanner = FusedScanner(status.kernel, reader, resident, bounded)
+    layers = reader.layout.layers
+    # The resident rows' norms now, rather than in the first query.
+    scanner.warm(
+        ScanQuery({s.name: torch.zeros(1, s.d1, s.d2, dtype=torch.float32) for s in layers})
+    )
+    return scanner, "bounded" if bounded else "fused", status.reason

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lorif_serve.errors import ConfigError
 from lorif_serve.indexer.core.codec import RowCodec
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
 from lorif_serve.indexer.core.query import ScanQuery
@@ -149,5 +150,5 @@ def test_engine_falls_back_to_torch_without_the_kernel(monkeypatch, tmp_path):
     with IndexReader(build_api_index(tmp_path / "i.h5", "int8")) as reader:
         engine = ScanEngine(reader, torch.device("cpu"), "ram")
         assert engine.kernel == "torch" and "LORIF_FUSED_KERNEL" in engine.kernel_reason
-        with pytest.raises(ValueError, match="unavailable"):
+        with pytest.raises(ConfigError, match="unavailable"):
             ScanEngine(reader, torch.device("cpu"), "ram", kernel="fused")

@@ -29,6 +29,7 @@ import torch
 
 from lorif_serve.indexer.core.codec import RowCodec
 from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
+from lorif_serve.server.kernels.quantize import BoundedQuery, quantize_queries
 
 log = logging.getLogger("lorif.kernels")
 
@@ -120,16 +121,6 @@ class PreparedQuery:
     work_floats: int
     batch: int
     bounded: BoundedQuery | None = None
-
-
-@dataclass
-class BoundedQuery:
-    """The int8 form of the queries for the bounded pass, with each layer's error term."""
-
-    offsets: torch.Tensor  # (layers,) int64 byte offset of a layer's packed H8, -1: float
-    packed: torch.Tensor  # (B, bytes) uint8, H8 + 128 laid (db/4, da, 4) per layer
-    scales: torch.Tensor  # (B, layers) float32 s_H
-    eps: torch.Tensor  # (B, layers) float32 bound on |score error| per unit of row norm
 
 
 class FusedInt8Scan:
@@ -324,56 +315,3 @@ def _vector_side(d1: int, d2: int) -> str:
                 return "left"
             return "right"
     return "left" if d1 >= d2 else "right"
-
-
-_UNIT = 2.0**-24  # float32 unit roundoff
-
-
-def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int) -> BoundedQuery:
-    """Per layer and query: H8 = round(H / s_H), s_H = max|H| / 127, and the error term.
-
-    eps = ‖H − s_H·H8‖₂ (spectral norm, float64) + a float32 rounding term that covers both
-    this pass and the exact kernel: 2⁻²³ · (c·(da + db) + layers + 16) · ‖H‖_F, the standard
-    bound on a dot product of that depth, with ‖H‖_F ≥ ‖|H|‖₂. For any row,
-    |⟨H, Σ_k a_k b_kᵀ⟩ − ⟨s_H·H8, Σ_k a_k b_kᵀ⟩| ≤ ‖ΔH‖₂ · Σ_k ‖a_k‖‖b_k‖ (Cauchy–Schwarz
-    on each component), so eps times the row's Σ_k ‖a_k‖‖b_k‖ bounds the difference
-    between the two computed scores. eps is rounded up by 0.1 % for the float32 rounding of
-    the bound itself.
-    """
-    batch = parts[0].shape[0]
-    offsets, packed, scales, eps = [], [], [], []
-    position = 0
-    for index in range(layers):
-        _, _, c, da, db = (int(v) for v in meta[index, :5])
-        h = parts[index].to(torch.float64).reshape(batch, db, da).transpose(1, 2)  # (B, da, db)
-        rounding = 2.0 * _UNIT * (c * (da + db) + layers + 16) * torch.linalg.matrix_norm(h)
-        integer = (
-            da % 16 == 0 and db % 4 == 0 and db <= 1024 and c <= 256 and int(meta[index, 1]) >= 0
-        )
-        if not integer:
-            offsets.append(-1)
-            scales.append(torch.ones(batch, dtype=torch.float64))
-            eps.append(rounding)
-            continue
-        scale = (h.abs().amax(dim=(1, 2)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-        scale = scale.to(torch.float32).to(torch.float64)  # the value the kernel multiplies by
-        codes = torch.round(h / scale[:, None, None]).clamp_(-127, 127)
-        error = torch.linalg.matrix_norm(h - codes * scale[:, None, None], ord=2)
-        unsigned = (codes + 128).to(torch.uint8)  # (B, da, db)
-        layout = unsigned.reshape(batch, da, db // 4, 4).permute(0, 2, 1, 3)
-        packed.append(layout.reshape(batch, -1))
-        offsets.append(position)
-        position += da * db
-        scales.append(scale)
-        eps.append(error + rounding)
-    margin = torch.stack(eps, dim=1) * 1.001
-    return BoundedQuery(
-        torch.tensor(offsets, dtype=torch.int64),
-        torch.cat(packed, dim=1).contiguous()
-        if packed
-        else torch.zeros(batch, 1, dtype=torch.uint8),
-        torch.stack(scales, dim=1).to(torch.float32).contiguous(),
-        torch.nextafter(
-            margin.to(torch.float32), torch.full((1,), float("inf"), dtype=torch.float32)
-        ).contiguous(),
-    )
