@@ -34,7 +34,7 @@ from lorif_serve.server.kernels.quantize import BoundedQuery, quantize_queries
 log = logging.getLogger("lorif.kernels")
 
 _SOURCE = "scan_int8.c"
-_VERSION = 4  # lorif_kernel_version() of a matching build
+_VERSION = 6  # lorif_kernel_version() of a matching build
 _TILE = 8  # rows per tile in the kernel; thread chunks are cut at multiples of it
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -134,7 +134,7 @@ class FusedInt8Scan:
         if self.has_bounded:
             self._bounded = library.lorif_bounded_int8
             self._bounded.argtypes = [_P, _I64, _I64, _P, _P, _I32, _P, _I64, _P, _I64]
-            self._bounded.argtypes += [_P, _P, _I32, _P, _P, _P, _I64, _P]
+            self._bounded.argtypes += [_P, _P, _I64, _P, _P, _I32, _P, _P, _P, _I64, _P]
             self._bounded.restype = None
             self._norms = library.lorif_row_norms
             self._norms.argtypes = [_P, _I64, _I64, _P, _I32, _P]
@@ -158,7 +158,8 @@ class FusedInt8Scan:
             metas.append([*meta, offset])
             parts.append(part)
             offset += spec.dim
-            work = max(work, meta[2] * (meta[3] + meta[4]) + 1)
+            # floats for the codes as float, or the flipped b codes padded to 8 components (bytes)
+            work = max(work, meta[2] * (meta[3] + meta[4]) + (meta[2] + 7) * meta[4] + 16)
         if not metas:
             raise ValueError("the query names no layer of this index")
         flat = torch.cat(parts, dim=1).contiguous()
@@ -224,6 +225,9 @@ class FusedInt8Scan:
                 query.hq.stride(0),
                 bounded.packed.data_ptr(),
                 bounded.packed.stride(0),
+                bounded.corrections.data_ptr(),
+                bounded.corr_offsets.data_ptr(),
+                bounded.corrections.stride(0),
                 bounded.scales.data_ptr(),
                 bounded.eps.data_ptr(),
                 query.batch,

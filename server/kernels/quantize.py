@@ -12,7 +12,9 @@ class BoundedQuery:
     """The int8 form of the queries for the bounded pass, with each layer's error term."""
 
     offsets: torch.Tensor  # (layers,) int64 byte offset of a layer's packed H8, -1: float
-    packed: torch.Tensor  # (B, bytes) uint8, H8 + 128 laid (db/4, da, 4) per layer
+    packed: torch.Tensor  # (B, bytes) int8, H8 laid (db/4, da, 4) per layer
+    corr_offsets: torch.Tensor  # (layers,) int64 offset of a layer's corrections
+    corrections: torch.Tensor  # (B, Σ da) int32, 128·Σ_j H8_ij (the kernel's unsigned b)
     scales: torch.Tensor  # (B, layers) float32 s_H
     eps: torch.Tensor  # (B, layers) float32 bound on |score error| per unit of row norm
 
@@ -33,7 +35,8 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
     """
     batch = parts[0].shape[0]
     offsets, packed, scales, eps = [], [], [], []
-    position = 0
+    corr_offsets, corrections = [], []
+    position = corr_position = 0
     for index in range(layers):
         _, _, c, da, db = (int(v) for v in meta[index, :5])
         h = parts[index].to(torch.float64).reshape(batch, db, da).transpose(1, 2)  # (B, da, db)
@@ -43,6 +46,7 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
         )
         if not integer:
             offsets.append(-1)
+            corr_offsets.append(-1)
             scales.append(torch.ones(batch, dtype=torch.float64))
             eps.append(rounding)
             continue
@@ -50,11 +54,14 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
         scale = scale.to(torch.float32).to(torch.float64)  # the value the kernel multiplies by
         codes = torch.round(h / scale[:, None, None]).clamp_(-127, 127)
         error = torch.linalg.matrix_norm(h - codes * scale[:, None, None], ord=2)
-        unsigned = (codes + 128).to(torch.uint8)  # (B, da, db)
-        layout = unsigned.reshape(batch, da, db // 4, 4).permute(0, 2, 1, 3)
+        signed = codes.to(torch.int8)  # (B, da, db)
+        layout = signed.reshape(batch, da, db // 4, 4).permute(0, 2, 1, 3)
         packed.append(layout.reshape(batch, -1))
         offsets.append(position)
         position += da * db
+        corrections.append((128 * codes.sum(dim=2)).to(torch.int32))
+        corr_offsets.append(corr_position)
+        corr_position += da
         scales.append(scale)
         eps.append(error + rounding)
     margin = torch.stack(eps, dim=1) * 1.001
@@ -62,7 +69,11 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
         torch.tensor(offsets, dtype=torch.int64),
         torch.cat(packed, dim=1).contiguous()
         if packed
-        else torch.zeros(batch, 1, dtype=torch.uint8),
+        else torch.zeros(batch, 1, dtype=torch.int8),
+        torch.tensor(corr_offsets, dtype=torch.int64),
+        torch.cat(corrections, dim=1).contiguous()
+        if corrections
+        else torch.zeros(batch, 1, dtype=torch.int32),
         torch.stack(scales, dim=1).to(torch.float32).contiguous(),
         torch.nextafter(
             margin.to(torch.float32), torch.full((1,), float("inf"), dtype=torch.float32)

@@ -86,7 +86,7 @@ static void to_float(const int8_t *restrict src, float *restrict dst, int64_t n)
 
 enum { META = 8, TILE = 8 };
 
-int32_t lorif_kernel_version(void) { return 4; }
+int32_t lorif_kernel_version(void) { return 6; }
 
 /* meta, per layer: a offset, b offset (-1: a dense layer, b = 1), c, da, db,
  * byte offset of the a scale, of the b scale (-1: 1), offset of H in a query's block.
@@ -143,50 +143,53 @@ void lorif_scan_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
 
 int32_t lorif_has_bounded(void) { return 1; }
 
-/* Returns the layer's 16 partial sums (reduced once per row, not once per layer). The
- * unsigned query (H8 + 128) adds 128 * sum_j b_kj to every y; that term is computed with the
- * same broadcasts against a vector of 128s and taken off. */
-static __m512 layer_vnni(const int8_t *A, const int8_t *Bc, int64_t c, int64_t da, int64_t db,
-                         const uint8_t *Hu)
-{
-    const __m512i offset = _mm512_set1_epi8((char)0x80);
-    __m512 total = _mm512_setzero_ps();
-    for (int64_t k = 0; k < c; k += 4) {
-        const int64_t kn = c - k < 4 ? c - k : 4;
-        const int8_t *b0 = Bc + k * db;
-        __m512i z0 = _mm512_setzero_si512(), z1 = z0, z2 = z0, z3 = z0;
-        for (int64_t v = 0; v < da; v += 16) {
-            __m512i y0 = _mm512_setzero_si512(), y1 = y0, y2 = y0, y3 = y0;
-            for (int64_t g = 0; g < db; g += 4) {
-                const __m512i h = _mm512_loadu_si512((const void *)(Hu + (g * da + 4 * v)));
-                int32_t w0, w1 = 0, w2 = 0, w3 = 0;
-                memcpy(&w0, b0 + g, 4);
-                if (kn > 1) memcpy(&w1, b0 + db + g, 4);
-                if (kn > 2) memcpy(&w2, b0 + 2 * db + g, 4);
-                if (kn > 3) memcpy(&w3, b0 + 3 * db + g, 4);
-                const __m512i e0 = _mm512_set1_epi32(w0), e1 = _mm512_set1_epi32(w1);
-                const __m512i e2 = _mm512_set1_epi32(w2), e3 = _mm512_set1_epi32(w3);
-                y0 = _mm512_dpbusd_epi32(y0, h, e0);
-                y1 = _mm512_dpbusd_epi32(y1, h, e1);
-                y2 = _mm512_dpbusd_epi32(y2, h, e2);
-                y3 = _mm512_dpbusd_epi32(y3, h, e3);
-                if (v == 0) {
-                    z0 = _mm512_dpbusd_epi32(z0, offset, e0);
-                    z1 = _mm512_dpbusd_epi32(z1, offset, e1);
-                    z2 = _mm512_dpbusd_epi32(z2, offset, e2);
-                    z3 = _mm512_dpbusd_epi32(z3, offset, e3);
-                }
-            }
-            const __m512i ys[4] = {_mm512_sub_epi32(y0, z0), _mm512_sub_epi32(y1, z1),
-                                   _mm512_sub_epi32(y2, z2), _mm512_sub_epi32(y3, z3)};
-            for (int64_t q = 0; q < kn; q++) {
-                const __m128i a8 = _mm_loadu_si128((const void *)(A + (k + q) * da + v));
-                const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a8));
-                total = _mm512_fmadd_ps(a, _mm512_cvtepi32_ps(ys[q]), total);
-            }
-        }
+/* A layer's 16 partial sums (reduced once per row, not once per layer). bx: the b codes of
+ * all components with their sign bit flipped (b + 128, unsigned), padded with 0x80 (code 0)
+ * to a multiple of 8 components; hcorr: 128 * sum_j H8_ij per lane, which the unsigned b adds
+ * to every y and which is taken back off (exactly, in int32). KV components are in flight per
+ * loaded H vector: KV independent accumulator chains. Short chains (small db) are bound by
+ * per-layer overhead, long ones by the dot-product latency, hence two widths. */
+#define LAYER_VNNI(NAME, KV)                                                                  \
+    static __m512 NAME(const int8_t *A, const uint8_t *bx, int64_t c, int64_t da, int64_t db,  \
+                       const int8_t *H8, const int32_t *hcorr)                                 \
+    {                                                                                         \
+        __m512 t0 = _mm512_setzero_ps(), t1 = t0;                                             \
+        for (int64_t k = 0; k < c; k += KV) {                                                 \
+            const int64_t kn = c - k < KV ? c - k : KV;                                       \
+            const uint8_t *b0 = bx + k * db;                                                  \
+            for (int64_t v = 0; v < da; v += 16) {                                            \
+                __m512i y[KV];                                                                \
+                for (int q = 0; q < KV; q++) y[q] = _mm512_setzero_si512();                   \
+                for (int64_t g = 0; g < db; g += 4) {                                         \
+                    const __m512i h = _mm512_loadu_si512((const void *)(H8 + (g * da + 4 * v))); \
+                    _Pragma("GCC unroll 8") for (int q = 0; q < KV; q++)                      \
+                    {                                                                         \
+                        int32_t w;                                                            \
+                        memcpy(&w, b0 + q * db + g, 4);                                       \
+                        y[q] = _mm512_dpbusd_epi32(y[q], _mm512_set1_epi32(w), h);            \
+                    }                                                                         \
+                }                                                                             \
+                const __m512i corr = _mm512_loadu_si512((const void *)(hcorr + v));           \
+                for (int64_t q = 0; q < kn; q++) {                                            \
+                    const __m128i a8 = _mm_loadu_si128((const void *)(A + (k + q) * da + v)); \
+                    const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a8));            \
+                    const __m512 yq = _mm512_cvtepi32_ps(_mm512_sub_epi32(y[q], corr));       \
+                    if (q & 1) t1 = _mm512_fmadd_ps(a, yq, t1);                               \
+                    else t0 = _mm512_fmadd_ps(a, yq, t0);                                     \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        return _mm512_add_ps(t0, t1);                                                         \
     }
-    return total;
+
+LAYER_VNNI(layer_vnni2, 2)
+LAYER_VNNI(layer_vnni8, 8)
+
+static void flip_codes(const int8_t *b, uint8_t *bx, int64_t c, int64_t db)
+{
+    const int64_t n = c * db, padded = ((c + 7) / 8) * 8 * db;
+    for (int64_t i = 0; i < n; i++) bx[i] = (uint8_t)b[i] ^ 0x80u;
+    for (int64_t i = n; i < padded; i++) bx[i] = 0x80u;
 }
 
 static float code_norm(const int8_t *x, int64_t n)
@@ -217,13 +220,14 @@ void lorif_row_norms(const int8_t *rows, int64_t n_rows, int64_t row_bytes, cons
     }
 }
 
-/* meta as for lorif_scan_int8; hu: per query, the packed unsigned H8 of every layer at
+/* meta as for lorif_scan_int8; hu: per query, the packed signed H8 of every layer at
  * hu_meta offsets (-1: the layer is scored in float from hq); hscale (B, layers): s_H;
  * eps (B, layers). */
 void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                         const int64_t *meta, const int64_t *hu_offsets, int32_t n_layers,
-                        const float *hq, int64_t hq_stride, const uint8_t *hu,
-                        int64_t hu_stride, const float *hscale, const float *eps,
+                        const float *hq, int64_t hq_stride, const int8_t *hu,
+                        int64_t hu_stride, const int32_t *hcorr, const int64_t *hc_offsets,
+                        int64_t hc_stride, const float *hscale, const float *eps,
                         int32_t batch, const float *norms, float *approx, float *margin,
                         int64_t out_stride, float *work)
 {
@@ -245,15 +249,20 @@ void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
             const float norm = norms[r * n_layers + l];
             const int integer = hu_offsets[l] >= 0;
             float *af = work, *bf = work + c * da;
-            if (!integer) {
+            uint8_t *bx = (uint8_t *)work;
+            if (integer) {
+                flip_codes(row + m[1], bx, c, db);
+            } else {
                 to_float(row + m[0], af, c * da);
                 if (m[1] >= 0) to_float(row + m[1], bf, c * db);
                 else bf[0] = 1.0f;
             }
             for (int32_t b = 0; b < batch; b++) {
                 if (integer) {
-                    const __m512 t = layer_vnni(row + m[0], row + m[1], c, da, db,
-                                                hu + b * hu_stride + hu_offsets[l]);
+                    const int8_t *H8 = hu + b * hu_stride + hu_offsets[l];
+                    const int32_t *hc = hcorr + b * hc_stride + hc_offsets[l];
+                    const __m512 t = db >= 32 ? layer_vnni8(row + m[0], bx, c, da, db, H8, hc)
+                                              : layer_vnni2(row + m[0], bx, c, da, db, H8, hc);
                     const float s = scale * hscale[b * n_layers + l];
                     acc[b] = _mm512_fmadd_ps(t, _mm512_set1_ps(s), acc[b]);
                 } else {
