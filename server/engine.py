@@ -193,7 +193,7 @@ class ScanEngine:
         if self.n == 0:
             raise ValueError("the index has no rows")
         with self._lock:
-            if self._fused is not None:
+            if self._fused is not None and query.factored is None:  # low-rank modes: torch
                 return self._scan_fused(self._fused, query, top_k, bottom_k)
             return self._scan(self._on_device(query), top_k, bottom_k)
 

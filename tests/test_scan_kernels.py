@@ -152,3 +152,23 @@ def test_engine_falls_back_to_torch_without_the_kernel(monkeypatch, tmp_path):
         assert engine.kernel == "torch" and "LORIF_FUSED_KERNEL" in engine.kernel_reason
         with pytest.raises(ConfigError, match="unavailable"):
             ScanEngine(reader, torch.device("cpu"), "ram", kernel="fused")
+
+
+def test_low_rank_query_modes_keep_the_torch_path(tmp_path):
+    """energy / rank queries are approximate by request: the exact kernels must not answer."""
+    from lorif_serve.indexer.store.reader import IndexReader
+    from lorif_serve.server.engine import ScanEngine
+    from tests.builders import build_api_index
+
+    with IndexReader(build_api_index(tmp_path / "i.h5", "int8")) as reader:
+        hq = {
+            s.name: torch.randn(2, s.d1, s.d2, dtype=torch.float32) for s in reader.layout.layers
+        }
+        answers = [
+            ScanEngine(reader, torch.device("cpu"), "ram", kernel=k).scan(
+                ScanQuery(hq, rank=1), 5
+            )
+            for k in ("auto", "torch")
+        ]
+        assert torch.equal(answers[0].top_rows, answers[1].top_rows)
+        assert torch.allclose(answers[0].top_scores, answers[1].top_scores)
