@@ -19,7 +19,7 @@ import torch
 
 from lorif_serve.indexer.core.query import ScanQuery, score_block
 from lorif_serve.indexer.store.reader import IndexReader
-from lorif_serve.server.fused_scan import FusedScanner, RawBlock, choose_scanner
+from lorif_serve.server.fused_scan import FusedScanner, RawBlock, RowMerger, choose_scanner
 from lorif_serve.server.residency import choose_residency, default_block_rows
 
 _FUSED_BLOCK_ROWS = 65536  # the kernel reads resident rows in place: long blocks, few merges
@@ -42,36 +42,6 @@ class ScanResult:
     bytes: int
     blocks: int
     rescored: int = 0  # rows scored exactly after a bounded pass; every row otherwise
-
-
-class _Merger:
-    """Running top-k (largest or smallest) over blocks of (B, n) scores."""
-
-    def __init__(self, k: int, largest: bool) -> None:
-        self.k, self.largest = k, largest
-        self.scores: torch.Tensor | None = None
-        self.rows: torch.Tensor | None = None
-
-    def add(self, scores: torch.Tensor, first_row: int) -> None:
-        take = min(self.k, scores.shape[1])
-        values, rows = scores.topk(take, dim=1, largest=self.largest, sorted=False)
-        rows = rows + first_row
-        if self.scores is not None and self.rows is not None:
-            values = torch.cat([self.scores, values], dim=1)
-            rows = torch.cat([self.rows, rows], dim=1)
-            take = min(self.k, values.shape[1])
-            values, picked = values.topk(take, dim=1, largest=self.largest, sorted=False)
-            rows = rows.gather(1, picked)
-        self.scores, self.rows = values, rows
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.scores is None or self.rows is None:
-            raise RuntimeError("no block was merged")  # scan() refuses an empty index first
-        # Sort by score, ties by row, so the ranking is deterministic.
-        order = torch.argsort(self.rows, dim=1, stable=True)
-        scores, rows = self.scores.gather(1, order), self.rows.gather(1, order)
-        order = torch.argsort(scores, dim=1, descending=self.largest, stable=True)
-        return scores.gather(1, order).cpu(), rows.gather(1, order).cpu()
 
 
 class ScanEngine:
@@ -229,8 +199,8 @@ class ScanEngine:
         return query.to(self.device, self.compute_dtype)
 
     def _scan(self, query: ScanQuery, top_k: int, bottom_k: int) -> ScanResult:
-        best = _Merger(top_k, largest=True)
-        worst = _Merger(bottom_k, largest=False) if bottom_k else None
+        best = RowMerger(top_k, largest=True)
+        worst = RowMerger(bottom_k, largest=False) if bottom_k else None
         began = time.perf_counter()
         wait = 0.0
         blocks = 0
@@ -239,14 +209,15 @@ class ScanEngine:
         for block, scales, start, waited in self._device_blocks(copy_stream):
             wait += waited
             scores = score_block(self.layout, block, query, scales)
-            best.add(scores, start)
+            numbers = torch.arange(start, start + scores.shape[1], device=scores.device)
+            best.add(scores, numbers)
             if worst is not None:
-                worst.add(scores, start)
+                worst.add(scores, numbers)
             blocks += 1
         if cuda:
             torch.cuda.synchronize(self.device)
-        top_scores, top_rows = best.result()
-        bottom = worst.result() if worst is not None else (None, None)
+        top_scores, top_rows = (t.cpu() for t in best.result())
+        bottom = tuple(t.cpu() for t in worst.result()) if worst is not None else (None, None)
         return ScanResult(
             top_scores,
             top_rows,

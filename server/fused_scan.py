@@ -70,7 +70,8 @@ class RowMerger:
         if self.scores is None or self.scores.shape[1] < self.k:
             batch = 0 if self.scores is None else self.scores.shape[0]
             fill = float("-inf") if self.largest else float("inf")
-            return torch.full((batch,), fill, dtype=torch.float32)
+            where = None if self.scores is None else self.scores.device
+            return torch.full((batch,), fill, dtype=torch.float32, device=where)
         if self.largest:
             return self.scores.min(dim=1).values
         return self.scores.max(dim=1).values
