@@ -28,8 +28,15 @@ def naive_projected(model, layers, projections, tokens, loss_start):
     return result
 
 
-@pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2])
-def test_hooks_equal_per_example_loop(factory):
+@pytest.mark.parametrize(
+    ("factory", "loss_starts"),
+    [
+        (tiny_llama, [0, 2, 1, 0, 3]),  # prompt masking on some examples
+        (tiny_gpt2, [0, 2, 1, 0, 3]),
+        (tiny_llama, [3, 2, 4, 2, 3]),  # every example has a prompt: logits from position 1 on
+    ],
+)
+def test_hooks_equal_per_example_loop(factory, loss_starts):
     model = factory()
     layers = find_layers(model)
     assert {layer.kind for layer in layers} == ({"conv1d"} if factory is tiny_gpt2 else {"linear"})
@@ -38,9 +45,11 @@ def test_hooks_equal_per_example_loop(factory):
         for layer in layers
     }
     sequences = random_sequences(5)
-    loss_starts = [0, 2, 1, 0, 3]  # prompt masking on some examples
     batch = collate(sequences, loss_starts)
-    hooked, losses = ProjectedGradients(model, projections)(batch)
+    capture = ProjectedGradients(model, projections)
+    if min(loss_starts) > 1:  # the model is asked for fewer logits, and the result is the same
+        assert capture._keep_argument and capture._positions_to_score(batch.labels) > 0
+    hooked, losses = capture(batch)
     for row, (tokens, start) in enumerate(zip(sequences, loss_starts, strict=True)):
         reference = naive_projected(model, layers, projections, tokens, start)
         for name, expected in reference.items():

@@ -162,13 +162,9 @@ def test_low_rank_query_modes_keep_the_torch_path(tmp_path):
     from tests.builders import build_api_index
 
     with IndexReader(build_api_index(tmp_path / "i.h5", "int8")) as reader:
-        hq = {
-            s.name: torch.randn(2, s.d1, s.d2, dtype=torch.float32) for s in reader.layout.layers
-        }
+        hq = {s.name: torch.randn(2, s.d1, s.d2, dtype=torch.float32) for s in reader.layout.layers}
         answers = [
-            ScanEngine(reader, torch.device("cpu"), "ram", kernel=k).scan(
-                ScanQuery(hq, rank=1), 5
-            )
+            ScanEngine(reader, torch.device("cpu"), "ram", kernel=k).scan(ScanQuery(hq, rank=1), 5)
             for k in ("auto", "torch")
         ]
         assert torch.equal(answers[0].top_rows, answers[1].top_rows)

@@ -9,6 +9,7 @@ gradients flow, which is what makes the pass cheap.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,19 @@ def collate(sequences: list[list[int]], loss_starts: list[int], pad_id: int = 0)
         mask[row, : len(tokens)] = 1
         labels[row, start : len(tokens)] = ids[row, start : len(tokens)]
     return TokenBatch(ids, mask, labels)
+
+
+def _logits_to_keep_argument(model: nn.Module, tracked: object) -> str | None:
+    """The forward argument that limits the logits to the last positions, if the model has
+    one and its output layer is not tracked (a tracked layer must see every position)."""
+    output = getattr(model, "get_output_embeddings", lambda: None)()
+    if output is not None and any(module is output for module in tracked):  # type: ignore[attr-defined]
+        return None
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in parameters:
+            return name
+    return None
 
 
 def token_summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -99,6 +113,7 @@ class ProjectedGradients:
         self.projections = dict(projections)
         self._modules = {name: modules[name] for name in projections}
         self._cache: dict[tuple[str, torch.device, torch.dtype], LayerProjection] = {}
+        self._keep_argument = _logits_to_keep_argument(model, self._modules.values())
 
     def _projection(self, name: str, like: torch.Tensor) -> LayerProjection:
         dtype = torch.promote_types(like.dtype, torch.float32)
@@ -125,8 +140,13 @@ class ProjectedGradients:
         try:
             with _weights_frozen(self.model), torch.enable_grad():
                 self._embeds: torch.Tensor | None = None
-                out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-                losses = token_summed_loss(out.logits, batch.labels)
+                keep = self._positions_to_score(batch.labels)
+                extra = {self._keep_argument: keep} if keep and self._keep_argument else {}
+                out = self.model(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra
+                )
+                labels = batch.labels[:, -out.logits.shape[1] :]  # the kept positions' labels
+                losses = token_summed_loss(out.logits, labels)
                 if self._embeds is None:
                     raise RuntimeError("the model never called its input embeddings")
                 torch.autograd.backward(losses.sum(), inputs=[self._embeds])
@@ -138,6 +158,18 @@ class ProjectedGradients:
         if not_seen:
             raise RuntimeError(f"tracked layers got no gradient: {sorted(not_seen)[:5]}")
         return grads, losses.detach()
+
+    @staticmethod
+    def _positions_to_score(labels: torch.Tensor) -> int:
+        """How many final positions need logits: from the one before the first labelled
+        token to the end (0: all). A query's prompt needs no logits, and the output layer
+        over a large vocabulary is most of a small model's forward and backward; the loss,
+        and so every gradient, is the same."""
+        labelled = (labels != IGNORE).any(dim=0).nonzero()
+        if labelled.numel() == 0:
+            return 0
+        keep = labels.shape[1] - int(labelled[0]) + 1
+        return keep if keep < labels.shape[1] else 0
 
     def _embedding_hook(self) -> torch.utils.hooks.RemovableHandle:
         embeddings = self.model.get_input_embeddings()  # type: ignore[operator]
