@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from examples.bbc.serve import demo_query
+from lorif_serve.indexer.core.factors import LayerSpec
 from lorif_serve.indexer.core.query import ScanQuery, precondition
 from lorif_serve.indexer.inputs.lm import load_model
 from lorif_serve.indexer.store.reader import IndexReader
@@ -28,6 +29,7 @@ from lorif_serve.server.featurizer import ModelFeaturizer
 
 from .common import median_seconds, write_result
 from .serving import http_section, read_floor
+from .synthetic import random_index
 
 KERNELS = ("torch", "fused", "bounded")
 
@@ -60,7 +62,7 @@ def engine_rows(index: Path, hq: dict[str, torch.Tensor]) -> list[dict[str, Any]
     """One engine at a time (each holds its own resident copy of the rows)."""
     rows, answers = [], {}
     with IndexReader(index) as reader:
-        big = reader.n_examples > 100_000
+        big = reader.n_examples * reader.bytes_per_example > 2**30  # minutes per torch scan
         for kernel in KERNELS:
             engine = ScanEngine(reader, torch.device("cpu"), "ram", kernel=kernel)
             floor = read_floor(engine)
@@ -99,6 +101,29 @@ def engine_rows(index: Path, hq: dict[str, torch.Tensor]) -> list[dict[str, Any]
     return rows
 
 
+def smollm2_specs(factor: int = 8, rank: int = 1) -> list[LayerSpec]:
+    """SmolLM2-135M's 30 blocks of q, k, v, o, gate, up, down at projection factor f."""
+    shapes = {
+        "self_attn.q_proj": (576, 576),
+        "self_attn.k_proj": (576, 192),
+        "self_attn.v_proj": (576, 192),
+        "self_attn.o_proj": (576, 576),
+        "mlp.gate_proj": (576, 1536),
+        "mlp.up_proj": (576, 1536),
+        "mlp.down_proj": (1536, 576),
+    }
+    return [
+        LayerSpec(f"model.layers.{b}.{name}", i, o, i // factor, o // factor, rank)
+        for b in range(30)
+        for name, (i, o) in shapes.items()
+    ]
+
+
+def random_queries(specs: list[LayerSpec], batch: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {s.name: torch.randn(batch, s.d1, s.d2, generator=generator) for s in specs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--index", type=Path, required=True)
@@ -106,22 +131,26 @@ def main() -> None:
     parser.add_argument("--synthetic", type=Path)
     parser.add_argument("--held-out", type=Path, default=Path(".cache/bbc/held_out.jsonl"))
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument(
+        "--smollm2-rows",
+        type=int,
+        default=0,
+        help="instead: N random int8 rows at SmolLM2-135M dims (f = 8, c = 1), random queries",
+    )
     args = parser.parse_args()
-    hq = held_out_queries(args.index, args.model, args.held_out, 16)
     rows = []
+    if args.smollm2_rows:  # kernel speed; random rows make the pruning pessimistic
+        specs = smollm2_specs()
+        path = Path(f".cache/syn-smollm2-{args.smollm2_rows // 1000}k.h5")
+        random_index(path, specs, args.smollm2_rows, rank=8, storage="int8")
+        rows = engine_rows(path, random_queries(specs, 16))
+        write_result("scan_kernels-smollm2", {"engine": rows}, _table(rows))
+        print(_table(rows))
+        return
+    hq = held_out_queries(args.index, args.model, args.held_out, 16)
     for index in [args.index] + ([args.synthetic] if args.synthetic else []):
         rows += engine_rows(index, hq)
-    table = (
-        "| index | N | B | kernel | scan ms | read floor ms | scan / read | rescored | "
-        "equal to fused |\n|---|---|---|---|---|---|---|---|---|\n"
-    )
-    for r in rows:
-        same = r.get("equal_to_fused", "")
-        table += (
-            f"| {r['index']} | {r['n']:,} | {r['batch']} | {r['kernel']} | {r['scan_ms']:.1f} | "
-            f"{r['read_floor_ms']:.1f} | {r['scan_over_read']:.2f} | "
-            f"{100 * r['rescored_fraction']:.2f} % | {same} |\n"
-        )
+    table = _table(rows)
     http = {}
     if not args.no_http:
         prompt, completion, _ = demo_query(args.held_out)
@@ -136,6 +165,21 @@ def main() -> None:
             table += f"| {kernel} | {qps[1]:.1f} | {qps[4]:.1f} | {qps[16]:.1f} |\n"
     write_result("scan_kernels", {"engine": rows, "http": http}, table)
     print(table)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    table = (
+        "| index | N | B | kernel | scan ms | read floor ms | scan / read | rescored | "
+        "equal to fused |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    for r in rows:
+        same = r.get("equal_to_fused", "")
+        table += (
+            f"| {r['index']} | {r['n']:,} | {r['batch']} | {r['kernel']} | {r['scan_ms']:.1f} | "
+            f"{r['read_floor_ms']:.1f} | {r['scan_over_read']:.2f} | "
+            f"{100 * r['rescored_fraction']:.2f} % | {same} |\n"
+        )
+    return table
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ if __name__ == "__main__":
     main()
 
 
-def random_index(path: Path, specs: list, n: int, seed: int = 0, rank: int = 8) -> Path:  # type: ignore[type-arg]
+def random_index(  # type: ignore[type-arg]
+    path: Path, specs: list, n: int, seed: int = 0, rank: int = 8, storage: str = "bfloat16"
+) -> Path:
     """An index of N random rows for the given layer specs (engine timings only: the
     curvature is a random orthonormal basis, the model identity a placeholder)."""
     from lorif_serve.indexer.core.curvature import Curvature
@@ -111,7 +113,7 @@ def random_index(path: Path, specs: list, n: int, seed: int = 0, rank: int = 8) 
         "tokens": [0] * n,
         "metadata": [{}] * n,
     }
-    create_index_file(partial, metadata, specs, projections, ranks, columns, "bfloat16")
+    create_index_file(partial, metadata, specs, projections, ranks, columns, storage)
     writer = RawWriter(partial)
     generator = torch.Generator().manual_seed(seed)
     width = RowLayout(specs).width
