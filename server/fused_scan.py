@@ -195,20 +195,47 @@ class FusedScanner:
         low = torch.cat([b[0] for b in kept_bounds], dim=1)
         high = torch.cat([b[1] for b in kept_bounds], dim=1)
         # Final thresholds: only rows that can still reach them are rescored.
-        keep = (high >= lower.kth()[:, None]).any(dim=0)
+        need = high >= lower.kth()[:, None]
         if upper is not None:
-            keep |= (low <= upper.kth()[:, None]).any(dim=0)
-        rows = rows[keep]
-        exact = torch.empty(prepared.batch, rows.shape[0], dtype=torch.float32)
-        self.kernel.score(prepared, self._fetch(rows), exact)
-        best = RowMerger(top_k, largest=True)
-        best.add(exact, rows)
-        bottom = None
-        if bottom_k:
-            worst = RowMerger(bottom_k, largest=False)
-            worst.add(exact, rows)
-            bottom = worst.result()
-        return FusedOutcome(best.result(), bottom, wait, count, int(rows.shape[0]))
+            need |= low <= upper.kth()[:, None]
+        top, bottom, rescored = self._rescore(prepared, rows, need, top_k, bottom_k)
+        return FusedOutcome(top, bottom, wait, count, rescored)
+
+    def _rescore(
+        self,
+        prepared: PreparedQuery,
+        rows: torch.Tensor,
+        need: torch.Tensor,
+        top_k: int,
+        bottom_k: int,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None, int]:
+        """Exact scores of the candidates: of their union for every query at once, or, where
+        the queries' candidates overlap little, of each query's own (fewer row-queries)."""
+        union = need.any(dim=0)
+        rows, need = rows[union], need[:, union]
+        per_query = int(need.sum())
+        if prepared.batch == 1 or 2 * per_query > rows.shape[0] * prepared.batch:
+            parts = [(prepared, rows)]
+        else:
+            parts = [(prepared.one(b), rows[need[b]]) for b in range(prepared.batch)]
+        tops, bottoms = [], []
+        for query, picked in parts:
+            exact = torch.empty(query.batch, picked.shape[0], dtype=torch.float32)
+            self.kernel.score(query, self._fetch(picked), exact)
+            best = RowMerger(top_k, largest=True)
+            best.add(exact, picked)
+            tops.append(best.result())
+            if bottom_k:
+                worst = RowMerger(bottom_k, largest=False)
+                worst.add(exact, picked)
+                bottoms.append(worst.result())
+        top = (torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops]))
+        bottom = (
+            (torch.cat([b[0] for b in bottoms]), torch.cat([b[1] for b in bottoms]))
+            if bottoms
+            else None
+        )
+        return top, bottom, sum(int(p.shape[0]) for _, p in parts)
 
     def _block_norms(
         self, prepared: PreparedQuery, layers: tuple[str, ...], raw: torch.Tensor, start: int

@@ -122,6 +122,10 @@ class PreparedQuery:
     batch: int
     bounded: BoundedQuery | None = None
 
+    def one(self, index: int) -> PreparedQuery:
+        """Query ``index`` alone (for the exact kernel)."""
+        return PreparedQuery(self.meta, self.hq[index : index + 1], self.work_floats, 1)
+
 
 class FusedInt8Scan:
     """Scores raw int8 rows (n, width) for a prepared query batch into (B, n) float32."""
