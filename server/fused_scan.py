@@ -116,6 +116,7 @@ class FusedScanner:
         self.kernel, self.reader, self.resident = kernel, reader, resident
         self.bounded = bounded and kernel.has_bounded
         self._norms: dict[tuple[str, ...], torch.Tensor] = {}
+        self._streamed: dict[tuple[str, ...], tuple[torch.Tensor | None, int]] = {}
 
     def prepare(self, query: ScanQuery) -> PreparedQuery:
         return self.kernel.prepare(self.reader.layout, self.reader.codec, query.hq)
@@ -240,9 +241,22 @@ class FusedScanner:
     def _block_norms(
         self, prepared: PreparedQuery, layers: tuple[str, ...], raw: torch.Tensor, start: int
     ) -> torch.Tensor:
-        if self.resident is None:
-            return self.kernel.row_norms(prepared, raw)
-        return self._resident_norms(prepared, layers)[start : start + raw.shape[0]]
+        stop = start + raw.shape[0]
+        if self.resident is not None:
+            return self._resident_norms(prepared, layers)[start:stop]
+        # Streamed rows: the norms of each block are kept as the first scans compute them
+        # (layers × 4 bytes per row), so later scans read them instead.
+        cache, filled = self._streamed.get(layers, (None, 0))
+        if cache is not None and stop <= filled:
+            return cache[start:stop]
+        norms = self.kernel.row_norms(prepared, raw)
+        if cache is None:
+            cache = torch.empty(self.reader.n_examples, norms.shape[1], dtype=torch.float32)
+        if start == filled:  # blocks arrive in order; a cache grows only at its end
+            cache[start:stop] = norms
+            filled = stop
+        self._streamed[layers] = (cache, filled)
+        return norms
 
     def _resident_norms(self, prepared: PreparedQuery, layers: tuple[str, ...]) -> torch.Tensor:
         if layers not in self._norms and self.resident is not None:

@@ -98,7 +98,9 @@ def test_bounded_interval_holds_every_fused_score(seed):
 
 
 def _scanner(raw, layout, codec, bounded, resident):
-    reader = SimpleNamespace(layout=layout, codec=codec, rows=lambda a, b: raw[a:b])
+    reader = SimpleNamespace(
+        layout=layout, codec=codec, rows=lambda a, b: raw[a:b], n_examples=raw.shape[0]
+    )
     return FusedScanner(STATUS.kernel, reader, raw if resident else None, bounded)
 
 
@@ -124,9 +126,11 @@ def test_bounded_scan_returns_the_fused_ranking_bit_for_bit(seed, resident):
     for bounded in (False, True):
         scanner = _scanner(raw, layout, codec, bounded, resident)
         results[bounded] = scanner.scan(query, _blocks(raw, 64), top_k=12, bottom_k=9)
+    again = scanner.scan(query, _blocks(raw, 64), top_k=12, bottom_k=9)  # cached row norms
     fused, bounded = results[False], results[True]
-    for got, want in ((bounded.top, fused.top), (bounded.bottom, fused.bottom)):
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for answer in (bounded, again):
+        for got, want in ((answer.top, fused.top), (answer.bottom, fused.bottom)):
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert bounded.rescored < 400
 
 
