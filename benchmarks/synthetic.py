@@ -117,8 +117,9 @@ def random_index(  # type: ignore[type-arg]
     writer = RawWriter(partial)
     generator = torch.Generator().manual_seed(seed)
     width = RowLayout(specs).width
-    for start in range(0, n, 65536):
-        stop = min(start + 65536, n)
+    block = max(1, min(65536, 2**28 // (4 * width)))  # ≤ 256 MB of float32 at a time
+    for start in range(0, n, block):
+        stop = min(start + block, n)
         writer.write_rows(start, torch.randn(stop - start, width, generator=generator))
     for i, (spec, r) in enumerate(zip(specs, ranks, strict=True)):
         basis = torch.linalg.qr(torch.randn(spec.dim, r, generator=generator))[0]

@@ -23,6 +23,9 @@ from lorif_serve.indexer.store.reader import IndexReader
 from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery, load_kernel
 
 SCAN_KERNELS = ("auto", "bounded", "fused", "torch")
+# Past this share of a block's rows kept as candidates the bound does not pay (rescoring them
+# costs more than the pass saved): the rest of that scan is scored exactly.
+_MAX_KEPT = 0.2
 
 # (raw int8 rows, first row, seconds the scan waited for them, release the buffer or None)
 RawBlock = tuple[torch.Tensor, int, float, "Callable[[], None] | None"]
@@ -166,9 +169,12 @@ class FusedScanner:
     ) -> FusedOutcome:
         lower = RowMerger(top_k, largest=True)  # the k best lower bounds
         upper = RowMerger(bottom_k, largest=False) if bottom_k else None
+        # Rows scored exactly once the bound stops pruning (see _MAX_KEPT).
+        exact_best = RowMerger(top_k, largest=True)
+        exact_worst = RowMerger(bottom_k, largest=False) if bottom_k else None
         kept_rows: list[torch.Tensor] = []
         kept_bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
-        wait, count = 0.0, 0
+        wait, count, exact_rows, exact_mode = 0.0, 0, 0, False
         approx = margin = None
         for raw, start, waited, release in blocks:
             wait += waited
@@ -176,11 +182,21 @@ class FusedScanner:
             if approx is None or margin is None or approx.shape[1] < n:
                 approx = torch.empty(prepared.batch, n, dtype=torch.float32)
                 margin = torch.empty_like(approx)
+            numbers = torch.arange(start, start + n)
+            count += 1
+            if exact_mode:  # an exact score is its own interval
+                scores = self.kernel.score(prepared, raw, approx)
+                for merger in (lower, exact_best, upper, exact_worst):
+                    if merger is not None:
+                        merger.add(scores, numbers)
+                exact_rows += n
+                if release is not None:
+                    release()
+                continue
             norms = self._block_norms(prepared, layers, raw, start)
             self.kernel.bounded(prepared, raw, norms, approx, margin)
             low = approx[:, :n] - margin[:, :n]
             high = approx[:, :n] + margin[:, :n]
-            numbers = torch.arange(start, start + n)
             lower.add(low, numbers)
             keep = (high >= lower.kth()[:, None]).any(dim=0)
             if upper is not None:
@@ -191,7 +207,7 @@ class FusedScanner:
             picked = keep.nonzero().squeeze(1)
             kept_rows.append(picked + start)
             kept_bounds.append((low[:, picked], high[:, picked]))
-            count += 1
+            exact_mode = picked.shape[0] > _MAX_KEPT * n
         rows = torch.cat(kept_rows)
         low = torch.cat([b[0] for b in kept_bounds], dim=1)
         high = torch.cat([b[1] for b in kept_bounds], dim=1)
@@ -199,8 +215,22 @@ class FusedScanner:
         need = high >= lower.kth()[:, None]
         if upper is not None:
             need |= low <= upper.kth()[:, None]
-        top, bottom, rescored = self._rescore(prepared, rows, need, top_k, bottom_k)
-        return FusedOutcome(top, bottom, wait, count, rescored)
+        best = RowMerger(top_k, largest=True)
+        worst = RowMerger(bottom_k, largest=False) if bottom_k else None
+        rescored = exact_rows
+        if bool(need.any()):
+            top, bottom, candidates = self._rescore(prepared, rows, need, top_k, bottom_k)
+            best.add(*top)
+            if worst is not None and bottom is not None:
+                worst.add(*bottom)
+            rescored += candidates
+        for merged, exact in ((best, exact_best), (worst, exact_worst)):
+            if merged is not None and exact is not None and exact.scores is not None:
+                assert exact.rows is not None
+                merged.add(exact.scores, exact.rows)
+        return FusedOutcome(
+            best.result(), worst.result() if worst is not None else None, wait, count, rescored
+        )
 
     def _rescore(
         self,

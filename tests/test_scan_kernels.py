@@ -109,10 +109,14 @@ def _blocks(raw, size):
 
 
 @needs_bounded
+@pytest.mark.parametrize("fallback", [False, True])
 @pytest.mark.parametrize("resident", [True, False])
 @pytest.mark.parametrize("seed", range(6))
-def test_bounded_scan_returns_the_fused_ranking_bit_for_bit(seed, resident):
-    """Random queries over rows where every 7th row is a copy of row 0 (ties)."""
+def test_bounded_scan_returns_the_fused_ranking_bit_for_bit(seed, resident, fallback, monkeypatch):
+    """Random queries over rows where every 7th row is a copy of row 0 (ties); ``fallback``:
+    every block after the first is scored exactly, as when the bound stops pruning."""
+    if fallback:
+        monkeypatch.setattr("lorif_serve.server.fused_scan._MAX_KEPT", 0.0)
     layout, codec, raw = int8_rows(400, seed, duplicate_every=7)
     hq = queries(3, seed + 20)
     if seed % 2:  # make the copies the best rows for query 0, the worst for query 1
@@ -131,7 +135,7 @@ def test_bounded_scan_returns_the_fused_ranking_bit_for_bit(seed, resident):
     for answer in (bounded, again):
         for got, want in ((answer.top, fused.top), (answer.bottom, fused.bottom)):
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    assert bounded.rescored < 400
+    assert bounded.rescored < 400 or fallback
 
 
 @needs_kernel
