@@ -18,4 +18,8 @@ SIGNAL_VAR = "LORIF_CRASH_SIGNAL"
 def crash_point(name: str) -> None:
     if os.environ.get(ENV_VAR) == name:
         chosen = signal.Signals[os.environ.get(SIGNAL_VAR, "SIGKILL")]
+        if chosen == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            # A process started in the background inherits SIGINT ignored (POSIX shells do
+            # that without job control): act as a terminal's Ctrl-C would in the foreground.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), chosen)
