@@ -11,7 +11,6 @@ order and scores — is bit for bit the one the ``fused`` scan gives.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -290,9 +289,7 @@ class FusedScanner:
 
     def _resident_norms(self, prepared: PreparedQuery, layers: tuple[str, ...]) -> torch.Tensor:
         if layers not in self._norms and self.resident is not None:
-            began = time.perf_counter()
             self._norms[layers] = self.kernel.row_norms(prepared, self.resident)
-            self.norm_seconds = time.perf_counter() - began
         return self._norms[layers]
 
     def _fetch(self, rows: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -178,11 +179,9 @@ class FusedInt8Scan:
         the query's values, only on which layers it scores (compute once, reuse)."""
         n, layers = rows.shape[0], query.meta.shape[0]
         norms = torch.empty(n, layers, dtype=torch.float32)
-        self._check(query, rows, norms.new_empty(query.batch, n))
-        spans, _ = self._spans(query, n)
+        _check_rows(rows)
 
-        def run(span: tuple[int, int]) -> None:
-            start, stop = span
+        def run(start: int, stop: int, _work: torch.Tensor) -> None:
             self._norms(
                 rows.data_ptr() + start * rows.stride(0),
                 stop - start,
@@ -192,7 +191,7 @@ class FusedInt8Scan:
                 norms.data_ptr() + 4 * start * layers,
             )
 
-        list(self._pool.map(run, spans))
+        self._across_threads(query, n, run)
         return norms
 
     def bounded(
@@ -212,12 +211,11 @@ class FusedInt8Scan:
             raise ValueError("this build has no bounded pass (needs AVX-512 VNNI)")
         if norms.shape != (rows.shape[0], query.meta.shape[0]) or not norms.is_contiguous():
             raise ValueError("norms must be the (n, layers) row_norms of these rows")
-        self._check(query, rows, approx)
-        self._check(query, rows, margin)
-        spans, works = self._spans(query, rows.shape[0])
+        _check_rows(rows)
+        _check_out(query, rows, approx)
+        _check_out(query, rows, margin)
 
-        def run(span: tuple[int, int], work: torch.Tensor) -> None:
-            start, stop = span
+        def run(start: int, stop: int, work: torch.Tensor) -> None:
             self._bounded(
                 rows.data_ptr() + start * rows.stride(0),
                 stop - start,
@@ -242,60 +240,54 @@ class FusedInt8Scan:
                 work.data_ptr(),
             )
 
-        list(self._pool.map(lambda job: run(*job), zip(spans, works, strict=True)))
+        self._across_threads(query, rows.shape[0], run)
 
     def score(self, query: PreparedQuery, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Write the (B, n) scores of ``rows`` into ``out`` (a (B, ≥ n) float32 buffer)."""
-        n = rows.shape[0]
-        self._check(query, rows, out)
-        spans, works = self._spans(query, n)
-        list(
-            self._pool.map(
-                lambda job: self._run(query, rows, out, *job), zip(spans, works, strict=True)
+        _check_rows(rows)
+        _check_out(query, rows, out)
+
+        def run(start: int, stop: int, work: torch.Tensor) -> None:
+            self._fn(
+                rows.data_ptr() + start * rows.stride(0),
+                stop - start,
+                rows.stride(0),
+                query.meta.data_ptr(),
+                query.meta.shape[0],
+                query.hq.data_ptr(),
+                query.batch,
+                query.hq.stride(0),
+                out.data_ptr() + 4 * start,
+                out.stride(0),
+                work.data_ptr(),
             )
-        )
-        return out[:, :n]
 
-    @staticmethod
-    def _check(query: PreparedQuery, rows: torch.Tensor, out: torch.Tensor) -> None:
-        if rows.dtype != torch.int8 or rows.stride(1) != 1:
-            raise ValueError("the fused kernel reads int8 rows with contiguous columns")
-        if out.dtype != torch.float32 or out.stride(1) != 1 or out.shape[0] != query.batch:
-            raise ValueError("out must be a (B, n) float32 buffer")
-        if out.shape[1] < rows.shape[0]:
-            raise ValueError("out has fewer columns than there are rows")
+        self._across_threads(query, rows.shape[0], run)
+        return out[:, : rows.shape[0]]
 
-    def _spans(
-        self, query: PreparedQuery, n: int
-    ) -> tuple[list[tuple[int, int]], list[torch.Tensor]]:
-        """One contiguous share of the rows per thread (whole tiles), and its scratch space."""
+    def _across_threads(
+        self, query: PreparedQuery, n: int, job: Callable[[int, int, torch.Tensor], None]
+    ) -> None:
+        """Run ``job(start, stop, scratch)`` on one contiguous share of the n rows per thread
+        (whole tiles), each with its own scratch space."""
         chunk = -(-max(n, 1) // self.threads)
         chunk = -(-chunk // _TILE) * _TILE
         spans = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
-        return spans, [torch.empty(query.work_floats, dtype=torch.float32) for _ in spans]
+        scratch = [torch.empty(query.work_floats, dtype=torch.float32) for _ in spans]
+        jobs = [(a, b, w) for (a, b), w in zip(spans, scratch, strict=True)]
+        list(self._pool.map(lambda args: job(*args), jobs))
 
-    def _run(
-        self,
-        query: PreparedQuery,
-        rows: torch.Tensor,
-        out: torch.Tensor,
-        span: tuple[int, int],
-        work: torch.Tensor,
-    ) -> None:
-        start, stop = span
-        self._fn(
-            rows.data_ptr() + start * rows.stride(0),
-            stop - start,
-            rows.stride(0),
-            query.meta.data_ptr(),
-            query.meta.shape[0],
-            query.hq.data_ptr(),
-            query.batch,
-            query.hq.stride(0),
-            out.data_ptr() + 4 * start,
-            out.stride(0),
-            work.data_ptr(),
-        )
+
+def _check_rows(rows: torch.Tensor) -> None:
+    if rows.dtype != torch.int8 or rows.stride(1) != 1:
+        raise ValueError("the fused kernel reads int8 rows with contiguous columns")
+
+
+def _check_out(query: PreparedQuery, rows: torch.Tensor, out: torch.Tensor) -> None:
+    if out.dtype != torch.float32 or out.stride(1) != 1 or out.shape[0] != query.batch:
+        raise ValueError("out must be a (B, n) float32 buffer")
+    if out.shape[1] < rows.shape[0]:
+        raise ValueError("out has fewer columns than there are rows")
 
 
 def _layer_meta(

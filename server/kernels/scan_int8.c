@@ -84,6 +84,23 @@ static void to_float(const int8_t *restrict src, float *restrict dst, int64_t n)
     for (int64_t i = 0; i < n; i++) dst[i] = (float)src[i];
 }
 
+/* The float32 layer product at the widest vector width da divides into. */
+static float layer_float(const float *restrict af, const float *restrict bf, int64_t c,
+                         int64_t da, int64_t db, const float *restrict H)
+{
+    if (da % 16 == 0) return layer_w16(af, bf, c, da, db, H);
+    if (da % 8 == 0) return layer_w8(af, bf, c, da, db, H);
+    return layer_scalar(af, bf, c, da, db, H);
+}
+
+/* A layer's codes as floats: a into af, b into bf (a dense layer's b is the number 1). */
+static void layer_to_float(const int8_t *row, const int64_t *m, float *af, float *bf)
+{
+    to_float(row + m[0], af, m[2] * m[3]);
+    if (m[1] >= 0) to_float(row + m[1], bf, m[2] * m[4]);
+    else bf[0] = 1.0f;
+}
+
 enum { META = 8, TILE = 8 };
 
 int32_t lorif_kernel_version(void) { return 6; }
@@ -109,17 +126,11 @@ void lorif_scan_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                 float sa = 1.0f, sb = 1.0f;
                 if (m[5] >= 0) memcpy(&sa, row + m[5], sizeof sa);
                 if (m[6] >= 0) memcpy(&sb, row + m[6], sizeof sb);
-                to_float(row + m[0], af, c * da);
-                if (m[1] >= 0) to_float(row + m[1], bf, c * db);
-                else bf[0] = 1.0f;
+                layer_to_float(row, m, af, bf);
                 const float scale = sa * sb;
                 for (int32_t b = 0; b < batch; b++) {
                     const float *H = hq + b * hq_stride + m[7];
-                    float s;
-                    if (da % 16 == 0) s = layer_w16(af, bf, c, da, db, H);
-                    else if (da % 8 == 0) s = layer_w8(af, bf, c, da, db, H);
-                    else s = layer_scalar(af, bf, c, da, db, H);
-                    out[b * out_stride + r] += s * scale;
+                    out[b * out_stride + r] += layer_float(af, bf, c, da, db, H) * scale;
                 }
             }
         }
@@ -253,9 +264,7 @@ void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
             if (integer) {
                 flip_codes(row + m[1], bx, c, db);
             } else {
-                to_float(row + m[0], af, c * da);
-                if (m[1] >= 0) to_float(row + m[1], bf, c * db);
-                else bf[0] = 1.0f;
+                layer_to_float(row, m, af, bf);
             }
             for (int32_t b = 0; b < batch; b++) {
                 if (integer) {
@@ -267,11 +276,7 @@ void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                     acc[b] = _mm512_fmadd_ps(t, _mm512_set1_ps(s), acc[b]);
                 } else {
                     const float *H = hq + b * hq_stride + m[7];
-                    float s;
-                    if (da % 16 == 0) s = layer_w16(af, bf, c, da, db, H);
-                    else if (da % 8 == 0) s = layer_w8(af, bf, c, da, db, H);
-                    else s = layer_scalar(af, bf, c, da, db, H);
-                    approx[b * out_stride + r] += s * scale;
+                    approx[b * out_stride + r] += layer_float(af, bf, c, da, db, H) * scale;
                 }
                 margin[b * out_stride + r] += eps[b * n_layers + l] * norm;
             }
