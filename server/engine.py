@@ -19,8 +19,9 @@ import torch
 
 from lorif_serve.indexer.core.query import ScanQuery, score_block
 from lorif_serve.indexer.store.reader import IndexReader
-from lorif_serve.server.fused_scan import FusedScanner, RawBlock, RowMerger, choose_scanner
+from lorif_serve.server.fused_scan import FusedScanner, RawBlock, choose_scanner
 from lorif_serve.server.residency import choose_residency, default_block_rows
+from lorif_serve.server.topk import RowMerger
 
 _FUSED_BLOCK_ROWS = 65536  # the kernel reads resident rows in place: long blocks, few merges
 
@@ -158,20 +159,39 @@ class ScanEngine:
             thread.join()
 
     # ---- compute stage -------------------------------------------------------------------
-    def scan(self, query: ScanQuery, top_k: int, bottom_k: int = 0) -> ScanResult:
-        """One pass over all rows for every query in ``query`` (B queries)."""
+    def scan(
+        self,
+        query: ScanQuery,
+        top_k: int,
+        bottom_k: int = 0,
+        allowed: torch.Tensor | None = None,
+    ) -> ScanResult:
+        """One pass over all rows for every query in ``query`` (B queries).
+
+        ``allowed`` (B, N) bool ranks only those rows per query (exact top-k among them);
+        where a query allows fewer than k rows, the rest of its k are filler to cut off.
+        """
         if self.n == 0:
             raise ValueError("the index has no rows")
+        if allowed is not None and tuple(allowed.shape) != (query.batch, self.n):
+            raise ValueError(f"allowed must be ({query.batch}, {self.n}), got {allowed.shape}")
         with self._lock:
             if self._fused is not None and query.factored is None:  # low-rank modes: torch
-                return self._scan_fused(self._fused, query, top_k, bottom_k)
-            return self._scan(self._on_device(query), top_k, bottom_k)
+                return self._scan_fused(self._fused, query, top_k, bottom_k, allowed)
+            if allowed is not None:
+                allowed = allowed.to(self.device)
+            return self._scan(self._on_device(query), top_k, bottom_k, allowed)
 
     def _scan_fused(
-        self, scanner: FusedScanner, query: ScanQuery, top_k: int, bottom_k: int
+        self,
+        scanner: FusedScanner,
+        query: ScanQuery,
+        top_k: int,
+        bottom_k: int,
+        allowed: torch.Tensor | None,
     ) -> ScanResult:
         began = time.perf_counter()
-        outcome = scanner.scan(query, self._raw_blocks(), top_k, bottom_k)
+        outcome = scanner.scan(query, self._raw_blocks(), top_k, bottom_k, allowed)
         bottom = outcome.bottom if outcome.bottom is not None else (None, None)
         return ScanResult(
             outcome.top[0],
@@ -198,9 +218,11 @@ class ScanEngine:
     def _on_device(self, query: ScanQuery) -> ScanQuery:
         return query.to(self.device, self.compute_dtype)
 
-    def _scan(self, query: ScanQuery, top_k: int, bottom_k: int) -> ScanResult:
-        best = RowMerger(top_k, largest=True)
-        worst = RowMerger(bottom_k, largest=False) if bottom_k else None
+    def _scan(
+        self, query: ScanQuery, top_k: int, bottom_k: int, allowed: torch.Tensor | None
+    ) -> ScanResult:
+        best = RowMerger(top_k, largest=True, allowed=allowed)
+        worst = RowMerger(bottom_k, largest=False, allowed=allowed) if bottom_k else None
         began = time.perf_counter()
         wait = 0.0
         blocks = 0

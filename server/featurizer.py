@@ -48,14 +48,14 @@ class ModelFeaturizer:
     ) -> None:
         self.tokenizer, self.device = tokenizer, device
         self.max_batch_tokens = max_batch_tokens
-        self._capture = ProjectedGradients(model, projections)
+        self.capture = ProjectedGradients(model, projections)
         self._recent: deque[int] = deque(maxlen=_RECENT_PASSES)  # tokens of recent passes
 
     def encode(self, prompt: str, completion: str) -> Encoded:
         return encode_prompt_completion(self.tokenizer, prompt, completion)
 
     def gradients(self, encoded: Sequence[Encoded]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        grads, losses = query_gradients(self._capture, encoded, self.device, self.max_batch_tokens)
+        grads, losses = query_gradients(self.capture, encoded, self.device, self.max_batch_tokens)
         tokens = sum(len(ids) for ids, _ in encoded)
         typical = statistics.median(self._recent) if self._recent else 0
         self._recent.append(tokens)

@@ -20,6 +20,7 @@ from lorif_serve.errors import ConfigError
 from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.store.reader import IndexReader
 from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery, load_kernel
+from lorif_serve.server.topk import RowMerger, allowed_at
 
 SCAN_KERNELS = ("auto", "bounded", "fused", "torch")
 # Past this share of a block's rows kept as candidates the bound does not pay (rescoring them
@@ -39,63 +40,9 @@ class FusedOutcome:
     rescored: int  # rows scored exactly after the bounded pass (all rows for ``fused``)
 
 
-class RowMerger:
-    """Running best (or worst) k over scored rows with explicit row numbers."""
-
-    def __init__(self, k: int, largest: bool) -> None:
-        self.k, self.largest = k, largest
-        self.scores: torch.Tensor | None = None
-        self.rows: torch.Tensor | None = None
-
-    def add(self, scores: torch.Tensor, rows: torch.Tensor) -> None:
-        """scores (B, m) of rows (m,) or (B, m). Among equal scores the lower row number is
-        kept, so the k kept do not depend on how the rows were split into blocks."""
-        rows = rows.expand_as(scores) if rows.dim() == 1 else rows
-        if self.scores is not None and self.rows is not None:
-            scores = torch.cat([self.scores, scores], dim=1)
-            rows = torch.cat([self.rows, rows], dim=1)
-        take = min(self.k, scores.shape[1])
-        values, picked = scores.topk(take, dim=1, largest=self.largest, sorted=False)
-        kept = rows.gather(1, picked)
-        edge = values.min(dim=1).values if self.largest else values.max(dim=1).values
-        reach = scores >= edge[:, None] if self.largest else scores <= edge[:, None]
-        if int(reach.sum(dim=1).max()) > take:  # ties at the k-th value: lowest rows win
-            values, kept = values.clone(), kept.clone()
-            for b in range(scores.shape[0]):
-                at = reach[b].nonzero().squeeze(1)
-                order = _score_then_row(scores[b, at], rows[b, at], self.largest)[:take]
-                values[b], kept[b] = scores[b, at[order]], rows[b, at[order]]
-        self.scores, self.rows = values, kept
-
-    def kth(self) -> torch.Tensor:
-        """(B,) the current k-th value: −inf (or +inf) until k scores were merged."""
-        if self.scores is None or self.scores.shape[1] < self.k:
-            batch = 0 if self.scores is None else self.scores.shape[0]
-            fill = float("-inf") if self.largest else float("inf")
-            where = None if self.scores is None else self.scores.device
-            return torch.full((batch,), fill, dtype=torch.float32, device=where)
-        if self.largest:
-            return self.scores.min(dim=1).values
-        return self.scores.max(dim=1).values
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sorted by score, ties by row number (deterministic)."""
-        if self.scores is None or self.rows is None:
-            raise RuntimeError("nothing was merged")
-        order = torch.stack(
-            [
-                _score_then_row(s, r, self.largest)
-                for s, r in zip(self.scores, self.rows, strict=True)
-            ]
-        )
-        return self.scores.gather(1, order), self.rows.gather(1, order)
-
-
-def _score_then_row(scores: torch.Tensor, rows: torch.Tensor, largest: bool) -> torch.Tensor:
-    """Positions ordered by score (descending if ``largest``), equal scores by row number."""
-    by_row = torch.argsort(rows, stable=True)
-    by_score = torch.argsort(scores[by_row], descending=largest, stable=True)
-    return by_row[by_score]
+def _reaching(reach: torch.Tensor, ok: torch.Tensor | None) -> torch.Tensor:
+    """(m,) rows that can still enter some query's k: reach (B, m), limited to its mask."""
+    return (reach if ok is None else reach & ok).any(dim=0)
 
 
 class FusedScanner:
@@ -129,18 +76,29 @@ class FusedScanner:
             self._resident_norms(self.prepare(query), tuple(query.hq))
 
     def scan(
-        self, query: ScanQuery, blocks: Iterator[RawBlock], top_k: int, bottom_k: int
+        self,
+        query: ScanQuery,
+        blocks: Iterator[RawBlock],
+        top_k: int,
+        bottom_k: int,
+        allowed: torch.Tensor | None = None,
     ) -> FusedOutcome:
+        """``allowed`` (B, N) bool: rank only these rows per query (metadata filters)."""
         prepared = self.prepare(query)
         if not self.bounded:
-            return self._exact(prepared, blocks, top_k, bottom_k)
-        return self._bounded(prepared, tuple(query.hq), blocks, top_k, bottom_k)
+            return self._exact(prepared, blocks, top_k, bottom_k, allowed)
+        return self._bounded(prepared, tuple(query.hq), blocks, top_k, bottom_k, allowed)
 
     def _exact(
-        self, prepared: PreparedQuery, blocks: Iterator[RawBlock], top_k: int, bottom_k: int
+        self,
+        prepared: PreparedQuery,
+        blocks: Iterator[RawBlock],
+        top_k: int,
+        bottom_k: int,
+        allowed: torch.Tensor | None,
     ) -> FusedOutcome:
-        best = RowMerger(top_k, largest=True)
-        worst = RowMerger(bottom_k, largest=False) if bottom_k else None
+        best = RowMerger(top_k, largest=True, allowed=allowed)
+        worst = RowMerger(bottom_k, largest=False, allowed=allowed) if bottom_k else None
         wait, count, rows_seen, out = 0.0, 0, 0, None
         for raw, start, waited, release in blocks:
             wait += waited
@@ -165,12 +123,16 @@ class FusedScanner:
         blocks: Iterator[RawBlock],
         top_k: int,
         bottom_k: int,
+        allowed: torch.Tensor | None,
     ) -> FusedOutcome:
-        lower = RowMerger(top_k, largest=True)  # the k best lower bounds
-        upper = RowMerger(bottom_k, largest=False) if bottom_k else None
+        def make(k: int, largest: bool) -> RowMerger:
+            return RowMerger(k, largest, allowed)
+
+        lower = make(top_k, True)  # the k best lower bounds
+        upper = make(bottom_k, False) if bottom_k else None
         # Rows scored exactly once the bound stops pruning (see _MAX_KEPT).
-        exact_best = RowMerger(top_k, largest=True)
-        exact_worst = RowMerger(bottom_k, largest=False) if bottom_k else None
+        exact_best = make(top_k, True)
+        exact_worst = make(bottom_k, False) if bottom_k else None
         kept_rows: list[torch.Tensor] = []
         kept_bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
         wait, count, exact_rows, exact_mode = 0.0, 0, 0, False
@@ -197,10 +159,11 @@ class FusedScanner:
             low = approx[:, :n] - margin[:, :n]
             high = approx[:, :n] + margin[:, :n]
             lower.add(low, numbers)
-            keep = (high >= lower.kth()[:, None]).any(dim=0)
+            ok = allowed_at(allowed, numbers) if allowed is not None else None
+            keep = _reaching(high >= lower.kth()[:, None], ok)
             if upper is not None:
                 upper.add(high, numbers)
-                keep |= (low <= upper.kth()[:, None]).any(dim=0)
+                keep |= _reaching(low <= upper.kth()[:, None], ok)
             if release is not None:
                 release()
             picked = keep.nonzero().squeeze(1)
@@ -214,11 +177,13 @@ class FusedScanner:
         need = high >= lower.kth()[:, None]
         if upper is not None:
             need |= low <= upper.kth()[:, None]
-        best = RowMerger(top_k, largest=True)
-        worst = RowMerger(bottom_k, largest=False) if bottom_k else None
+        if allowed is not None:
+            need &= allowed_at(allowed, rows)
+        best = make(top_k, True)
+        worst = make(bottom_k, False) if bottom_k else None
         rescored = exact_rows
         if bool(need.any()):
-            top, bottom, candidates = self._rescore(prepared, rows, need, top_k, bottom_k)
+            top, bottom, candidates = self._rescore(prepared, rows, need, top_k, bottom_k, allowed)
             best.add(*top)
             if worst is not None and bottom is not None:
                 worst.add(*bottom)
@@ -238,6 +203,7 @@ class FusedScanner:
         need: torch.Tensor,
         top_k: int,
         bottom_k: int,
+        allowed: torch.Tensor | None,
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None, int]:
         """Exact scores of the candidates: of their union for every query at once, or, where
         the queries' candidates overlap little, of each query's own (fewer row-queries)."""
@@ -245,18 +211,21 @@ class FusedScanner:
         rows, need = rows[union], need[:, union]
         per_query = int(need.sum())
         if prepared.batch == 1 or 2 * per_query > rows.shape[0] * prepared.batch:
-            parts = [(prepared, rows)]
+            parts = [(prepared, rows, allowed)]
         else:
-            parts = [(prepared.one(b), rows[need[b]]) for b in range(prepared.batch)]
+            parts = [
+                (prepared.one(b), rows[need[b]], None if allowed is None else allowed[b : b + 1])
+                for b in range(prepared.batch)
+            ]
         tops, bottoms = [], []
-        for query, picked in parts:
+        for query, picked, mask in parts:
             exact = torch.empty(query.batch, picked.shape[0], dtype=torch.float32)
             self.kernel.score(query, self._fetch(picked), exact)
-            best = RowMerger(top_k, largest=True)
+            best = RowMerger(top_k, largest=True, allowed=mask)
             best.add(exact, picked)
             tops.append(best.result())
             if bottom_k:
-                worst = RowMerger(bottom_k, largest=False)
+                worst = RowMerger(bottom_k, largest=False, allowed=mask)
                 worst.add(exact, picked)
                 bottoms.append(worst.result())
         top = (torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops]))
@@ -265,7 +234,7 @@ class FusedScanner:
             if bottoms
             else None
         )
-        return top, bottom, sum(int(p.shape[0]) for _, p in parts)
+        return top, bottom, sum(int(p.shape[0]) for _, p, _ in parts)
 
     def _block_norms(
         self, prepared: PreparedQuery, layers: tuple[str, ...], raw: torch.Tensor, start: int

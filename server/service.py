@@ -12,9 +12,7 @@ import torch
 from lorif_serve.client.protocol import (
     AttributionQuery,
     AttributionResult,
-    IndexInfo,
     IndexSummary,
-    LayerInfo,
     QueryInfo,
     ResultItem,
     Timings,
@@ -25,7 +23,10 @@ from lorif_serve.indexer.store.reader import IndexReader
 from lorif_serve.server.batcher import Answered, WorkItem
 from lorif_serve.server.engine import ScanEngine, ScanResult
 from lorif_serve.server.errors import ProblemError
-from lorif_serve.server.featurizer import Encoded, Featurizer
+from lorif_serve.server.explain import Explainer
+from lorif_serve.server.featurizer import Encoded, Featurizer, ModelFeaturizer
+from lorif_serve.server.filters import FieldColumns, MaskCache
+from lorif_serve.server.index_info import describe_index
 from lorif_serve.server.metrics import ServerMetrics
 
 
@@ -71,7 +72,24 @@ class AttributionService:
             format_version=reader.format_version,
             residency=engine.residency,
         )
-        self.info = self._index_info(expose_paths)
+        self.explainer = (
+            Explainer(
+                reader,
+                featurizer.capture,
+                featurizer.tokenizer,
+                featurizer.device,
+                self.curvatures,
+                featurizer.gradients,
+                featurizer.max_batch_tokens,
+            )
+            if isinstance(featurizer, ModelFeaturizer)
+            else None  # a stand-in featurizer (tests) has no model to explain with
+        )
+        self.fields = FieldColumns.from_reader(reader)
+        self.masks = MaskCache(self.fields)
+        self.info = describe_index(
+            reader, self.curvatures, engine.residency, self.fields.describe(), expose_paths
+        )
         metrics.index_info.info(
             {
                 "name": self.name,
@@ -92,6 +110,10 @@ class AttributionService:
                     f"layers: not tracked by this index: {unknown[:5]}; the tracked layers "
                     f"(exact names) are: {', '.join(spec.name for spec in self.specs)}",
                 )
+        if query.filter is not None:
+            self.fields.check(query.filter)
+        if query.explain and self.explainer is None:
+            raise ProblemError(422, "explain: this server has no model to explain with")
         encoded = self.featurizer.encode(query.prompt, query.completion)
         tokens = len(encoded[0])
         if tokens > self.max_query_tokens:
@@ -117,7 +139,8 @@ class AttributionService:
         preconditioned = time.perf_counter()
         top_k = max(item.query.top_k for item in items)
         bottom_k = max((item.query.top_k for item in items if item.query.opponents), default=0)
-        result = self.engine.scan(scan_query, top_k, bottom_k)
+        allowed, matching = self._allowed(items)
+        result = self.engine.scan(scan_query, top_k, bottom_k, allowed)
         self._record(result, featurized - began)
         timings = Timings(
             featurize_ms=1000 * (featurized - began),
@@ -133,7 +156,41 @@ class AttributionService:
             self._result(row, item, result, timings, float(losses[row]), energy[row], began)
             for row, item in enumerate(items)
         ]
+        for row, (item, answer) in enumerate(zip(items, results, strict=True)):
+            answer.query.matching = matching[row]
+            if item.query.explain:
+                self._explain(item, answer, {name: h[row] for name, h in hq.items()})
         return Answered(results, featurized - began)
+
+    def _allowed(self, items: Sequence[WorkItem]) -> tuple[torch.Tensor | None, list[int | None]]:
+        """(B, N) row masks of the batch's filters (None: no query filters), and counts."""
+        if all(item.query.filter is None for item in items):
+            return None, [None] * len(items)
+        everything = torch.ones(self.reader.n_examples, dtype=torch.bool)
+        masks = [
+            everything if item.query.filter is None else self.masks.get(item.query.filter)
+            for item in items
+        ]
+        counts = [
+            None if item.query.filter is None else int(m.sum())
+            for item, m in zip(items, masks, strict=True)
+        ]
+        return torch.stack(masks), counts
+
+    def _explain(
+        self, item: WorkItem, answer: AttributionResult, hq: dict[str, torch.Tensor]
+    ) -> None:
+        """Attach explanations to the returned examples (proponents, then opponents)."""
+        assert self.explainer is not None
+        scored = {name: h for name, h in hq.items() if bool(h.any())}  # a layers= subset
+        shown = [*answer.results, *(answer.opponents or [])]
+        records = self.reader.examples([r.index - self.reader.row_offset for r in shown])
+        query, explanations = self.explainer.explain(
+            item.encoded, item.query.completion, scored, records
+        )
+        answer.query.explanation = query
+        for result, explanation in zip(shown, explanations, strict=True):
+            result.explanation = explanation
 
     def _mask_layers(self, hq: dict[str, torch.Tensor], items: Sequence[WorkItem]) -> None:
         """A query restricted to some layers scores zero through the others: exact, one GEMM."""
@@ -177,6 +234,8 @@ class AttributionService:
         began: float,
     ) -> AttributionResult:
         k = item.query.top_k
+        if item.query.filter is not None:  # rows beyond the matching ones are filler
+            k = min(k, int(self.masks.get(item.query.filter).sum()))
         results = self._items(
             scan.top_scores[row, :k], scan.top_rows[row, :k], item.query.return_text
         )
@@ -212,54 +271,3 @@ class AttributionService:
             )
             for rank, (rec, score) in enumerate(zip(records, scores.tolist(), strict=True))
         ]
-
-    def _index_info(self, expose_paths: bool) -> IndexInfo:
-        meta = self.reader.metadata
-        config = meta["config"]
-        model = {k: v for k, v in meta["model"].items() if expose_paths or k != "path"}
-        dataset = {k: v for k, v in meta["dataset"].items() if expose_paths or k != "path"}
-        if not expose_paths:
-            if "name" in model:  # the name is the path as given at build time
-                model["name"] = Path(str(model["name"])).name
-            folder = str(Path(str(meta["dataset"].get("path", ""))).parent) + "/"
-            dataset["bad_record_sample"] = [  # "<data file>:<line> (id): reason"
-                str(line).replace(folder, "") for line in dataset.get("bad_record_sample", [])
-            ]
-        layers = [
-            LayerInfo(
-                name=spec.name,
-                in_features=spec.in_features,
-                out_features=spec.out_features,
-                d1=spec.d1,
-                d2=spec.d2,
-                rank=spec.rank,
-                dense=spec.dense,
-                curvature_rank=self.curvatures[spec.name].rank,
-                damping=self.curvatures[spec.name].damping,
-            )
-            for spec in self.specs
-        ]
-        return IndexInfo(
-            name=self.name,
-            n_examples=self.reader.n_examples,
-            format_version=self.reader.format_version,
-            created_at=meta["created_at"],
-            residency=self.engine.residency,
-            bytes_per_example=self.reader.bytes_per_example,
-            storage_dtype=self.reader.storage_dtype,
-            method=_method(config),
-            config=config,
-            model=model,
-            dataset=dataset,
-            layers=layers,
-            path=str(self.reader.path) if expose_paths else None,
-        )
-
-
-def _method(config: dict[str, object]) -> str:
-    """``LoRIF c=1, ekfac, whitened factors`` / ``LoGRA-dense, factors`` (the curvature kind)."""
-    storage = "LoGRA-dense" if config["dense"] else f"LoRIF c={config['factor_rank']}"
-    curvature = str(config.get("curvature", "factors"))
-    if curvature in ("factors", "gradients"):
-        return f"{storage}, Woodbury curvature ({curvature}) r={config['curvature_rank']}"
-    return f"{storage}, {curvature}, {config.get('factor_metric', 'raw')} factors"
