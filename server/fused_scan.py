@@ -40,6 +40,18 @@ class FusedOutcome:
     rescored: int  # rows scored exactly after the bounded pass (all rows for ``fused``)
 
 
+def _best_of(
+    scores: torch.Tensor, rows: torch.Tensor, k: int, largest: bool, allowed: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best (B, k) of scored rows, padded with ∓inf at row 0 where fewer than k were
+    scored (a query whose filter leaves few candidates): every query's part has width k."""
+    merger = RowMerger(k, largest, allowed)
+    fill = float("-inf") if largest else float("inf")
+    merger.add(torch.full((scores.shape[0], k), fill), torch.zeros(k, dtype=torch.long))
+    merger.add(scores, rows)
+    return merger.result()
+
+
 def _reaching(reach: torch.Tensor, ok: torch.Tensor | None) -> torch.Tensor:
     """(m,) rows that can still enter some query's k: reach (B, m), limited to its mask."""
     return (reach if ok is None else reach & ok).any(dim=0)
@@ -221,13 +233,9 @@ class FusedScanner:
         for query, picked, mask in parts:
             exact = torch.empty(query.batch, picked.shape[0], dtype=torch.float32)
             self.kernel.score(query, self._fetch(picked), exact)
-            best = RowMerger(top_k, largest=True, allowed=mask)
-            best.add(exact, picked)
-            tops.append(best.result())
+            tops.append(_best_of(exact, picked, top_k, True, mask))
             if bottom_k:
-                worst = RowMerger(bottom_k, largest=False, allowed=mask)
-                worst.add(exact, picked)
-                bottoms.append(worst.result())
+                bottoms.append(_best_of(exact, picked, bottom_k, False, mask))
         top = (torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops]))
         bottom = (
             (torch.cat([b[0] for b in bottoms]), torch.cat([b[1] for b in bottoms]))

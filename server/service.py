@@ -233,7 +233,7 @@ class AttributionService:
         energy: float | None,
         began: float,
     ) -> AttributionResult:
-        k = item.query.top_k
+        k = min(item.query.top_k, self.reader.n_examples)
         if item.query.filter is not None:  # rows beyond the matching ones are filler
             k = min(k, int(self.masks.get(item.query.filter).sum()))
         results = self._items(

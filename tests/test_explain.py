@@ -152,7 +152,9 @@ def test_explanations_split_the_scores(kind_index):
         token_sum = sum(t["score"] for t in tokens)
         assert token_sum == pytest.approx(explanation["recomputed_score"], rel=1e-4, abs=1e-9)
         if kind == "dense":  # no truncation: the recomputed score is the stored one
-            assert explanation["recomputed_score"] == pytest.approx(item["score"], rel=1e-5, abs=1e-7)
+            assert explanation["recomputed_score"] == pytest.approx(
+                item["score"], rel=1e-5, abs=1e-7
+            )
 
 
 def test_explanation_of_a_layer_subset(kind_index):
