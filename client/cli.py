@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
 from lorif_serve.client.clients import Client
 from lorif_serve.client.errors import AttributionError
-from lorif_serve.client.protocol import AttributionResponse, ResultItem
+from lorif_serve.client.protocol import AttributionResponse, Explanation, ResultItem
 
 
 def _first_line(text: str | None, width: int = 72) -> str:
@@ -32,6 +34,16 @@ def _text(item: ResultItem, width: int = 56) -> str:
     return _first_line(f"[{title}] {item.text or ''}" if title else item.text, width)
 
 
+def _evidence(explanation: Explanation, tokens: int = 6, layers: int = 3) -> list[str]:
+    """Two indented lines: the example's most influential tokens and layers."""
+    strongest = sorted(explanation.tokens, key=lambda t: -abs(t.score))[:tokens]
+    top_layers = sorted(explanation.layers, key=lambda p: -abs(p.score))[:layers]
+    return [
+        "      tokens: " + ", ".join(f"{t.text.strip()!r} {t.score:+.3g}" for t in strongest),
+        "      layers: " + ", ".join(f"{p.layer} {p.score:+.3g}" for p in top_layers),
+    ]
+
+
 def format_table(items: list[ResultItem], title: str) -> str:
     rows = [f"{title}", f"{'rank':>4}  {'score':>12}  {'id':<28}  {'metadata':<24}  text"]
     for item in items:
@@ -39,7 +51,33 @@ def format_table(items: list[ResultItem], title: str) -> str:
             f"{item.rank:>4}  {item.score:>12.5g}  {item.id:<28}  {_metadata(item):<24}  "
             f"{_text(item)}"
         )
+        if item.explanation is not None:
+            rows += _evidence(item.explanation)
     return "\n".join(rows)
+
+
+def parse_filter(values: list[str]) -> dict[str, Any] | None:
+    """``--filter`` values: a JSON object, or ``field=value`` (value read as JSON when it
+    parses, e.g. ``chunk=0``, else as a string: ``topic=sport``), merged in order."""
+    merged: dict[str, Any] = {}
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"error: --filter {value!r}: not valid JSON ({exc})") from None
+            if not isinstance(parsed, dict):
+                raise SystemExit(f"error: --filter {value!r}: give a JSON object")
+            merged.update(parsed)
+            continue
+        name, sep, raw = value.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"error: --filter {value!r}: use field=value or a JSON object")
+        try:
+            merged[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            merged[name] = raw
+    return merged or None
 
 
 def render(response: AttributionResponse) -> str:
@@ -72,6 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--completion", required=True)
     query.add_argument("--top-k", type=int, default=10)
     query.add_argument("--opponents", action="store_true")
+    query.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE|JSON",
+        help='rank only matching examples: topic=sport, or \'{"topic": {"in": ["a", "b"]}}\'',
+    )
+    query.add_argument(
+        "--explain", action="store_true", help="show each result's strongest tokens and layers"
+    )
     query.add_argument("--api-key", help="default: $LORIF_API_KEY")
     query.add_argument("--timeout", type=float, default=60.0)
     query.add_argument("--json", action="store_true", help="print the raw JSON response")
@@ -79,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
             response = client.attribute(
-                args.prompt, args.completion, top_k=args.top_k, opponents=args.opponents
+                args.prompt,
+                args.completion,
+                top_k=args.top_k,
+                opponents=args.opponents,
+                filter=parse_filter(args.filter),
+                explain=args.explain,
             )
     except AttributionError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -126,12 +127,13 @@ def _query(**fields: Any) -> AttributionQuery:
 
 
 def _request_body(prompt: str, completion: str, **options: Any) -> dict[str, Any]:
-    return _query(prompt=prompt, completion=completion, **options).model_dump(exclude_none=True)
+    query = _query(prompt=prompt, completion=completion, **options)
+    return query.model_dump(mode="json", exclude_none=True)
 
 
 def _batch_body(queries: list[AttributionQuery] | list[dict[str, Any]]) -> dict[str, Any]:
     parsed = [q if isinstance(q, AttributionQuery) else _query(**q) for q in queries]
-    return {"queries": [q.model_dump(exclude_none=True) for q in parsed]}
+    return {"queries": [q.model_dump(mode="json", exclude_none=True) for q in parsed]}
 
 
 class Client:
@@ -187,8 +189,15 @@ class Client:
         opponents: bool = False,
         return_text: bool = True,
         layers: list[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+        explain: bool = False,
     ) -> AttributionResponse:
-        """Top-k proponents (and optionally opponents) of ``completion`` given ``prompt``."""
+        """Top-k proponents (and optionally opponents) of ``completion`` given ``prompt``.
+
+        ``filter``: rank only examples whose metadata match, e.g. ``{"topic": "sport"}``,
+        ``{"topic": {"in": ["sport", "tech"]}}``, ``{"id": {"prefix": "bbc/"}}``.
+        ``explain``: split each result's score over layers and tokens (slower).
+        """
         body = _request_body(
             prompt,
             completion,
@@ -196,6 +205,8 @@ class Client:
             opponents=opponents,
             return_text=return_text,
             layers=layers,
+            filter=filter,
+            explain=explain,
         )
         return self._send("POST", "/v1/attributions", AttributionResponse, body)
 
@@ -260,6 +271,8 @@ class AsyncClient:
         opponents: bool = False,
         return_text: bool = True,
         layers: list[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+        explain: bool = False,
     ) -> AttributionResponse:
         body = _request_body(
             prompt,
@@ -268,6 +281,8 @@ class AsyncClient:
             opponents=opponents,
             return_text=return_text,
             layers=layers,
+            filter=filter,
+            explain=explain,
         )
         return await self._send("POST", "/v1/attributions", AttributionResponse, body)
 

@@ -18,6 +18,7 @@ from lorif_serve.client import (
     ServiceUnavailableError,
 )
 from lorif_serve.client.cli import main as cli_main
+from lorif_serve.indexer import IndexReader
 from tests.builders import LiveServer, brute_force, make_app
 
 
@@ -227,3 +228,32 @@ def test_cli_bad_arguments_are_one_line(capsys):
     assert cli_main(["query", "--url", "127.0.0.1:9", "--completion", "x", "--top-k", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: 422") and "top_k" in err and "Traceback" not in err
+
+
+def test_filters_from_the_client_and_the_cli(live, index_path, capsys):
+    with IndexReader(index_path) as reader:
+        topics = [r.metadata["topic"] for r in reader.examples(list(range(reader.n_examples)))]
+    with Client(live.url) as client:
+        sport = client.attribute("the", "market rose", top_k=50, filter={"topic": "t1"})
+        few = client.attribute("the", "market rose", top_k=50, filter={"id": {"prefix": "doc28"}})
+        some = client.attribute(
+            "the", "market rose", top_k=50, filter={"topic": {"in": ["t0", "t2"]}}
+        )
+        with pytest.raises(BadRequestError, match="colour"):
+            client.attribute("the", "market rose", filter={"colour": "red"})
+        with pytest.raises(BadRequestError, match="explain"):  # a server without a model
+            client.attribute("the", "market rose", explain=True)
+    assert sport.results and {r.metadata["topic"] for r in sport.results} == {"t1"}
+    assert sport.query.matching == topics.count("t1") and len(sport.results) == 50
+    assert {r.metadata["topic"] for r in some.results} == {"t0", "t2"}
+    args = ["query", "--url", live.url, "--completion", "market", "--top-k", "40"]
+    assert cli_main([*args, "--filter", "topic=t2", "--filter", '{"chunk": 0}']) == 0
+    out = capsys.readouterr().out
+    assert "topic=t2" in out and "topic=t0" not in out and "topic=t1" not in out
+    with pytest.raises(SystemExit, match="field=value"):
+        cli_main([*args, "--filter", "topic"])
+    assert [r.id for r in few.results] == sorted(
+        [r.id for r in few.results], key=lambda i: -next(x.score for x in few.results if x.id == i)
+    )
+    assert {r.id.split("#")[0] for r in few.results} == {"doc28"}
+    assert few.query.matching == len(few.results) < 50
