@@ -17,6 +17,13 @@ if ! command -v nginx >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-ge
     || (apt-get update -q >/dev/null && apt-get install -y -q nginx >/dev/null)) \
     || echo "nginx could not be installed: the load-balancer test will be skipped"
 fi
+# The page test drives Debian's Chromium with Playwright (its own browser download cannot
+# work offline); install the browser where we can.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+    || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)) \
+    || echo "chromium could not be installed: the browser test will be skipped"
+fi
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -13,6 +13,7 @@ from lorif_serve.server.errors import install_error_handlers
 from lorif_serve.server.loading import load_service
 from lorif_serve.server.metrics import ServerMetrics
 from lorif_serve.server.middleware import install_middleware
+from lorif_serve.server.page import router as page_router
 from lorif_serve.server.routes import router
 from lorif_serve.server.service import AttributionService
 from lorif_serve.server.serving import AttributionServing
@@ -40,6 +41,7 @@ def create_app(
     app.state.service, app.state.ready, app.state.lifespans = service, False, 0
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(page_router)
     install_middleware(app, metrics, settings.max_body_bytes)
     return app
 
