@@ -19,6 +19,7 @@ from lorif_serve.indexer.core.query import (
     Encoded,
     ScanQuery,
     precondition,
+    query_gradients,
     score_block,
     token_budget_groups,
 )
@@ -54,12 +55,10 @@ class Explainer:
         tokenizer: Any,
         device: torch.device,
         curvatures: Mapping[str, AnyCurvature],
-        gradients: Any,
         max_batch_tokens: int | None = None,
     ) -> None:
         self.reader, self.capture, self.tokenizer = reader, capture, tokenizer
         self.device, self.curvatures = device, curvatures
-        self.gradients = gradients  # the featurizer's: Sequence[Encoded] → (grads, losses)
         self.max_batch_tokens = max_batch_tokens
         self.specs = reader.layers
 
@@ -111,7 +110,9 @@ class Explainer:
     ) -> tuple[list[TokenSpan], torch.Tensor, bool]:
         """The explained completion tokens (with their losses) and (T, m) stored-score parts."""
         pieces, capped = per_token_queries(encoded, MAX_EXPLAINED_COMPLETION_TOKENS)
-        grads, losses = self.gradients(pieces)
+        # The hooks directly, not the featurizer: its memory trim after an unusually large
+        # pass would make the next explanation fault its pages in again.
+        grads, losses = query_gradients(self.capture, pieces, self.device, self.max_batch_tokens)
         preconditioned = precondition(self.specs, self.curvatures, grads)
         scored = {name: preconditioned[name].float() for name in hq}
         per_token = score_block(self.reader.layout, rows, ScanQuery(scored))

@@ -79,7 +79,6 @@ class AttributionService:
                 featurizer.tokenizer,
                 featurizer.device,
                 self.curvatures,
-                featurizer.gradients,
                 featurizer.max_batch_tokens,
             )
             if isinstance(featurizer, ModelFeaturizer)

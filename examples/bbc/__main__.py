@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300, help="training steps of the demo model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-serve", action="store_true", help="build the index only")
+    parser.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="after the demo query, keep the server (and its web page) up until Ctrl-C",
+    )
     args = parser.parse_args(argv)
     model_dir, train_file, held_out_file = prepare(args.cache_dir, args.steps)
     index = args.cache_dir / "bbc.h5"
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print_info(reader)
     if not args.no_serve:
-        serve_and_query(index, model_dir, held_out_file, args.device)
+        serve_and_query(index, model_dir, held_out_file, args.device, args.keep_serving)
     return 0
 
 

@@ -52,7 +52,9 @@ def wait_ready(client: Client, process: subprocess.Popen[bytes], timeout: float 
     raise RuntimeError("the server did not become ready")
 
 
-def serve_and_query(index: Path, model_dir: Path, held_out_file: Path, device: str) -> None:
+def serve_and_query(
+    index: Path, model_dir: Path, held_out_file: Path, device: str, keep_serving: bool = False
+) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = server_command(index, model_dir, port, device)
@@ -64,10 +66,20 @@ def serve_and_query(index: Path, model_dir: Path, held_out_file: Path, device: s
             prompt, completion, topic = demo_query(held_out_file)
             print(f"query (held-out {topic} article):")
             print(f"  prompt: {prompt!r}\n  completion: {completion!r}\n")
-            response = client.attribute(prompt, completion, top_k=8, opponents=True)
+            response = client.attribute(prompt, completion, top_k=8, opponents=True, explain=True)
             print(render(response))
             topics = [str(item.metadata.get("topic")) for item in response.results or []]
             print(f"\ntopics of the top {len(topics)}: {', '.join(topics)} (query topic: {topic})")
+            print(
+                f"\nthe web page: {url}/  (ask your own questions there, with highlighted evidence)"
+            )
+            if keep_serving:
+                print("serving until Ctrl-C")
+                process.wait()
+            else:
+                print("(run with --keep-serving to keep the server and its page up)")
+    except KeyboardInterrupt:
+        pass
     finally:
         process.send_signal(signal.SIGTERM)  # graceful: drains in-flight requests
         process.wait(timeout=60)
