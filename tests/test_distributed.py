@@ -173,6 +173,7 @@ def test_coordinator_over_shards_equals_one_server(builds):
     queries = [
         {"prompt": "the market", "completion": "shares rose more", "top_k": 6, "opponents": True},
         {"prompt": "", "completion": "film star music award", "top_k": 3},
+        {"completion": "vote party", "top_k": 4, "opponents": True, "filter": {"topic": "t1"}},
     ]
     with (
         live_server_for(sharded) as whole,
@@ -194,6 +195,8 @@ def test_coordinator_over_shards_equals_one_server(builds):
                             [r["score"] for r in expected[key]],
                             rtol=1e-5,
                         )
+                assert got["query"].get("matching") == expected["query"].get("matching")
+            assert merged.json()["batch"][2]["query"]["matching"] > 0
             assert merged.json()["coverage"] == {
                 "shards": 2,
                 "answered": 2,

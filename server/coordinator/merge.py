@@ -39,10 +39,13 @@ def _merge_query(
         format_version=answers[0].index.format_version,
         residency="sharded",
     )
+    info = answers[0].query  # the query's own figures: the same from every shard
+    if query.filter is not None:  # but each shard counts its own matching rows
+        info = info.model_copy(update={"matching": sum(a.query.matching or 0 for a in answers)})
     return AttributionResult(
         results=results,
         opponents=opponents,
-        query=answers[0].query,
+        query=info,
         index=summary,
         timings=slowest.model_copy(),
     )
