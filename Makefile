@@ -16,4 +16,5 @@ bench: setup
 	.venv/bin/python -m benchmarks.serving --index .cache/bbc/bbc.h5 --model .cache/bbc/model-300steps --synthetic .cache/syn-1m.h5
 	.venv/bin/python -m benchmarks.scaling
 	.venv/bin/python -m benchmarks.quality --subsets 64
+	.venv/bin/python -m benchmarks.explain --synthetic .cache/syn-1m.h5
 	.venv/bin/python -m benchmarks.report
