@@ -45,6 +45,12 @@ def token_offsets(tokenizer: Any, text: str, ids: Sequence[int]) -> list[tuple[i
     return spans
 
 
+def _prompt_chars(record: ExampleRecord) -> int | None:
+    """Where a prompt/completion record's completion starts in its text (None: a chunk)."""
+    chars = record.metadata.get("prompt_chars")
+    return chars if isinstance(chars, int) and 0 <= chars <= len(record.text) else None
+
+
 class Explainer:
     """Splits the scores of returned examples; needs the model (not the scan)."""
 
@@ -127,8 +133,8 @@ class Explainer:
 
     def _example_tokens(self, record: ExampleRecord) -> Encoded:
         """The example re-tokenized as the build did: chunk text, or prompt + completion."""
-        prompt_chars = record.metadata.get("prompt_chars")
-        if isinstance(prompt_chars, int) and 0 <= prompt_chars <= len(record.text):
+        prompt_chars = _prompt_chars(record)
+        if prompt_chars is not None:
             ids, start = encode_prompt_completion(
                 self.tokenizer, record.text[:prompt_chars], record.text[prompt_chars:]
             )
@@ -167,8 +173,8 @@ class Explainer:
         return spans, float(parts[: len(ids)].double().sum())
 
     def _record_offsets(self, record: ExampleRecord, ids: list[int]) -> list[tuple[int, int]]:
-        prompt_chars = record.metadata.get("prompt_chars")
-        if not isinstance(prompt_chars, int) or not 0 <= prompt_chars <= len(record.text):
+        prompt_chars = _prompt_chars(record)
+        if prompt_chars is None:
             return token_offsets(self.tokenizer, record.text, ids)
         prompt, rest = record.text[:prompt_chars], record.text[prompt_chars:]
         head = token_offsets(self.tokenizer, prompt, ids[: len(ids) - self._count(rest)])

@@ -6,6 +6,7 @@ types (kept in the browser's local storage), so the API's access rules are the p
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import resources
 
 from fastapi import APIRouter
@@ -32,11 +33,15 @@ _HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
+@cache
+def _read(name: str) -> bytes:
+    return resources.files("lorif_serve.server").joinpath("web", name).read_bytes()
+
+
 def _asset(name: str) -> Response:
     if name not in _FILES:
         raise ProblemError(404, f"no page asset {name!r}")
-    body = resources.files("lorif_serve.server").joinpath("web", name).read_bytes()
-    return Response(body, media_type=_FILES[name], headers=_HEADERS)
+    return Response(_read(name), media_type=_FILES[name], headers=_HEADERS)
 
 
 @router.get("/")

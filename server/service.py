@@ -152,11 +152,12 @@ class AttributionService:
         )
         energy = self._energy_kept(scan_query, len(items))
         results = [
-            self._result(row, item, result, timings, float(losses[row]), energy[row], began)
+            self._result(
+                row, item, result, timings, float(losses[row]), energy[row], began, matching[row]
+            )
             for row, item in enumerate(items)
         ]
         for row, (item, answer) in enumerate(zip(items, results, strict=True)):
-            answer.query.matching = matching[row]
             if item.query.explain:
                 self._explain(item, answer, {name: h[row] for name, h in hq.items()})
         return Answered(results, featurized - began)
@@ -181,7 +182,8 @@ class AttributionService:
     ) -> None:
         """Attach explanations to the returned examples (proponents, then opponents)."""
         assert self.explainer is not None
-        scored = {name: h for name, h in hq.items() if bool(h.any())}  # a layers= subset
+        chosen = item.query.layers
+        scored = {name: h for name, h in hq.items() if chosen is None or name in chosen}
         shown = [*answer.results, *(answer.opponents or [])]
         records = self.reader.examples([r.index - self.reader.row_offset for r in shown])
         query, explanations = self.explainer.explain(
@@ -231,10 +233,13 @@ class AttributionService:
         loss: float,
         energy: float | None,
         began: float,
+        matching: int | None,
     ) -> AttributionResult:
+        """``matching``: rows the query's filter allows (None: no filter); past them the
+        scan's k are filler."""
         k = min(item.query.top_k, self.reader.n_examples)
-        if item.query.filter is not None:  # rows beyond the matching ones are filler
-            k = min(k, int(self.masks.get(item.query.filter).sum()))
+        if matching is not None:
+            k = min(k, matching)
         results = self._items(
             scan.top_scores[row, :k], scan.top_rows[row, :k], item.query.return_text
         )
@@ -251,6 +256,7 @@ class AttributionService:
             unscored_tokens=start - prompt_tokens,  # the first token when there is no prompt
             loss=loss,
             energy_kept=energy,
+            matching=matching,
         )
         own = timings.model_copy(update={"queue_ms": 1000 * (began - item.enqueued)})
         return AttributionResult(
