@@ -46,15 +46,21 @@ async function call(path, body) {
   return data;
 }
 
-function showError(problem) {
+// ``source`` names what failed ("index" or "query"), so that a later success of the one
+// does not hide the other's problem.
+function showError(problem, source) {
   const box = $("error");
+  box.dataset.source = source;
   box.replaceChildren(el("strong", `${problem.status || ""} ${problem.title}`.trim()));
   if (problem.detail) box.append(el("span", problem.detail));
   box.hidden = false;
   if (problem.status === 401) $("key-box").open = true;
 }
 
-function clearError() { $("error").hidden = true; }
+function clearError(source) {
+  const box = $("error");
+  if (source === undefined || box.dataset.source === source) box.hidden = true;
+}
 
 function colour(score, scale) {
   const alpha = scale > 0 ? Math.min(1, Math.abs(score) / scale) * 0.8 : 0;
@@ -193,7 +199,7 @@ async function ask(event) {
   try {
     render(await call("/v1/attributions", body), completion);
   } catch (problem) {
-    showError(problem);
+    showError(problem, "query");
   } finally {
     $("ask").disabled = false;
   }
@@ -219,17 +225,19 @@ async function loadIndex() {
     const info = await call("/v1/index");
     $("index-line").textContent = `${info.name}: ${info.n_examples.toLocaleString()} examples, ${info.method}`;
     menus(info.filter_fields || []);
-    clearError();
+    clearError("index");
   } catch (problem) {
     $("index-line").textContent = "index details need a key";
-    showError(problem);
+    showError(problem, "index");
   }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("api-key").value = localStorage.getItem(KEY_STORE) || "";
   $("api-key").addEventListener("change", () => {
-    localStorage.setItem(KEY_STORE, $("api-key").value.trim());
+    const key = $("api-key").value.trim();
+    if (key === (localStorage.getItem(KEY_STORE) || "")) return;  // a blur, not a new key
+    localStorage.setItem(KEY_STORE, key);
     loadIndex();
   });
   $("query-form").addEventListener("submit", ask);
