@@ -35,8 +35,9 @@ from lorif_serve.server.kernels.quantize import BoundedQuery, quantize_queries
 log = logging.getLogger("lorif.kernels")
 
 _SOURCE = "scan_int8.c"
-_VERSION = 6  # lorif_kernel_version() of a matching build
-_TILE = 8  # rows per tile in the kernel; thread chunks are cut at multiples of it
+_VERSION = 7  # lorif_kernel_version() of a matching build
+_TILE = 8  # rows per tile in the kernels; thread chunks are cut at multiples of it
+_GROUP_SLOTS = 8 * 8 + 1  # the bounded pass's per-query accumulators (16 floats each)
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _I32 = ctypes.c_int32
@@ -139,7 +140,7 @@ class FusedInt8Scan:
         if self.has_bounded:
             self._bounded = library.lorif_bounded_int8
             self._bounded.argtypes = [_P, _I64, _I64, _P, _P, _I32, _P, _I64, _P, _I64]
-            self._bounded.argtypes += [_P, _P, _I64, _P, _P, _I32, _P, _P, _P, _I64, _P]
+            self._bounded.argtypes += [_P, _P, _I64, _P, _P, _I32, _P, _P, _P, _I64, _P, _I64]
             self._bounded.restype = None
             self._norms = library.lorif_row_norms
             self._norms.argtypes = [_P, _I64, _I64, _P, _I32, _P]
@@ -163,11 +164,15 @@ class FusedInt8Scan:
             metas.append([*meta, offset])
             parts.append(part)
             offset += spec.dim
-            # floats for the codes as float, or the flipped b codes padded to 8 components (bytes)
-            work = max(work, meta[2] * (meta[3] + meta[4]) + (meta[2] + 7) * meta[4] + 16)
+            # floats for a row's codes as float, or a tile's flipped b codes (bytes)
+            work = max(
+                work, meta[2] * (meta[3] + meta[4]) + 16, _TILE * meta[2] * meta[4] // 4 + 16
+            )
         if not metas:
             raise ValueError("the query names no layer of this index")
         flat = torch.cat(parts, dim=1).contiguous()
+        # the bounded pass's accumulators sit at the end, 64-byte aligned
+        work = -(-work // 16) * 16 + flat.shape[0] * _GROUP_SLOTS * 16
         table = torch.tensor(metas, dtype=torch.int64)
         prepared = PreparedQuery(table, flat, work, flat.shape[0])
         if self.has_bounded:
@@ -238,6 +243,7 @@ class FusedInt8Scan:
                 margin.data_ptr() + 4 * start,
                 approx.stride(0),
                 work.data_ptr(),
+                work.shape[0],
             )
 
         self._across_threads(query, rows.shape[0], run)
@@ -294,8 +300,7 @@ def _layer_meta(
     spec: LayerSpec, start: int, scales: tuple[int, int | None], h: torch.Tensor
 ) -> tuple[list[int], torch.Tensor]:
     """The kernel's view of one layer (a, b offsets, c, da, db, a and b scale bytes) and its
-    (B, db·da) query block. ``a`` is the vectorized side: the one whose width divides into
-    16-float registers (else 8, else the larger), so the inner loop has no remainder."""
+    (B, db·da) query block. ``a`` is the vectorized side (``_vector_side``)."""
     left_scale, right_scale = scales
     if spec.dense:  # one component: a = G, b = the number 1
         return [start, -1, 1, spec.dim, 1, left_scale, -1], h.reshape(h.shape[0], -1)
@@ -309,9 +314,13 @@ def _layer_meta(
 
 
 def _vector_side(d1: int, d2: int) -> str:
+    """The side held in vector lanes: the narrower of the sides that fill whole 16-float
+    registers (else 8), so the inner loops have no remainder and the per-lane work (one
+    conversion and product per register of a) is smallest; else the wider side."""
     for width in (16, 8):
-        if d1 % width == 0 or d2 % width == 0:
-            if d1 % width == 0 and (d2 % width or d1 >= d2):
-                return "left"
-            return "right"
+        fits = [side for side, d in (("left", d1), ("right", d2)) if d % width == 0]
+        if len(fits) == 2:
+            return "left" if d1 <= d2 else "right"
+        if fits:
+            return fits[0]
     return "left" if d1 >= d2 else "right"

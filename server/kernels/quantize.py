@@ -12,7 +12,7 @@ class BoundedQuery:
     """The int8 form of the queries for the bounded pass, with each layer's error term."""
 
     offsets: torch.Tensor  # (layers,) int64 byte offset of a layer's packed H8, -1: float
-    packed: torch.Tensor  # (B, bytes) int8, H8 laid (db/4, da, 4) per layer
+    packed: torch.Tensor  # (B, bytes) int8, H8 laid (db/4, da rounded up to 16, 4) per layer
     corr_offsets: torch.Tensor  # (layers,) int64 offset of a layer's corrections
     corrections: torch.Tensor  # (B, Σ da) int32, 128·Σ_j H8_ij (the kernel's unsigned b)
     scales: torch.Tensor  # (B, layers) float32 s_H
@@ -26,8 +26,9 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
     """Per layer and query: H8 = round(H / s_H), s_H = max|H| / 127, and the error term.
 
     eps = ‖H − s_H·H8‖₂ (spectral norm, float64) + a float32 rounding term that covers both
-    this pass and the exact kernel: 2⁻²³ · (c·(da + db) + layers + 16) · ‖H‖_F, the standard
-    bound on a dot product of that depth, with ‖H‖_F ≥ ‖|H|‖₂. For any row,
+    this pass and the exact kernel: 2⁻²³ · (c·(da + db) + (c + 1)·layers + 16) · ‖H‖_F, the
+    standard bound on a sum of that depth (a product's lanes, then c·layers partial sums),
+    with ‖H‖_F ≥ ‖|H|‖₂. For any row,
     |⟨H, Σ_k a_k b_kᵀ⟩ − ⟨s_H·H8, Σ_k a_k b_kᵀ⟩| ≤ ‖ΔH‖₂ · Σ_k ‖a_k‖‖b_k‖ (Cauchy–Schwarz
     on each component), so eps times the row's Σ_k ‖a_k‖‖b_k‖ bounds the difference
     between the two computed scores. eps is rounded up by 0.1 % for the float32 rounding of
@@ -40,10 +41,9 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
     for index in range(layers):
         _, _, c, da, db = (int(v) for v in meta[index, :5])
         h = parts[index].to(torch.float64).reshape(batch, db, da).transpose(1, 2)  # (B, da, db)
-        rounding = 2.0 * _UNIT * (c * (da + db) + layers + 16) * torch.linalg.matrix_norm(h)
-        integer = (
-            da % 16 == 0 and db % 4 == 0 and db <= 1024 and c <= 256 and int(meta[index, 1]) >= 0
-        )
+        depth = c * (da + db) + (c + 1) * layers + 16
+        rounding = 2.0 * _UNIT * depth * torch.linalg.matrix_norm(h)
+        integer = db % 4 == 0 and db <= 1024 and c <= 256 and int(meta[index, 1]) >= 0
         if not integer:
             offsets.append(-1)
             corr_offsets.append(-1)
@@ -54,14 +54,16 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
         scale = scale.to(torch.float32).to(torch.float64)  # the value the kernel multiplies by
         codes = torch.round(h / scale[:, None, None]).clamp_(-127, 127)
         error = torch.linalg.matrix_norm(h - codes * scale[:, None, None], ord=2)
-        signed = codes.to(torch.int8)  # (B, da, db)
-        layout = signed.reshape(batch, da, db // 4, 4).permute(0, 2, 1, 3)
+        lanes = -(-da // 16) * 16  # whole 16-lane registers; the lanes past da are zero
+        signed = torch.zeros(batch, lanes, db, dtype=torch.int8)
+        signed[:, :da] = codes.to(torch.int8)
+        layout = signed.reshape(batch, lanes, db // 4, 4).permute(0, 2, 1, 3)
         packed.append(layout.reshape(batch, -1))
         offsets.append(position)
-        position += da * db
-        corrections.append((128 * codes.sum(dim=2)).to(torch.int32))
+        position += lanes * db
+        corrections.append((128 * signed.to(torch.int32).sum(dim=2)).to(torch.int32))
         corr_offsets.append(corr_position)
-        corr_position += da
+        corr_position += lanes
         scales.append(scale)
         eps.append(error + rounding)
     margin = torch.stack(eps, dim=1) * 1.001

@@ -103,7 +103,7 @@ static void layer_to_float(const int8_t *row, const int64_t *m, float *af, float
 
 enum { META = 8, TILE = 8 };
 
-int32_t lorif_kernel_version(void) { return 6; }
+int32_t lorif_kernel_version(void) { return 7; }
 
 /* meta, per layer: a offset, b offset (-1: a dense layer, b = 1), c, da, db,
  * byte offset of the a scale, of the b scale (-1: 1), offset of H in a query's block.
@@ -154,53 +154,63 @@ void lorif_scan_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
 
 int32_t lorif_has_bounded(void) { return 1; }
 
-/* A layer's 16 partial sums (reduced once per row, not once per layer). bx: the b codes of
- * all components with their sign bit flipped (b + 128, unsigned), padded with 0x80 (code 0)
- * to a multiple of 8 components; hcorr: 128 * sum_j H8_ij per lane, which the unsigned b adds
- * to every y and which is taken back off (exactly, in int32). KV components are in flight per
- * loaded H vector: KV independent accumulator chains. Short chains (small db) are bound by
- * per-layer overhead, long ones by the dot-product latency, hence two widths. */
-#define LAYER_VNNI(NAME, KV)                                                                  \
-    static __m512 NAME(const int8_t *A, const uint8_t *bx, int64_t c, int64_t da, int64_t db,  \
-                       const int8_t *H8, const int32_t *hcorr)                                 \
-    {                                                                                         \
-        __m512 t0 = _mm512_setzero_ps(), t1 = t0;                                             \
-        for (int64_t k = 0; k < c; k += KV) {                                                 \
-            const int64_t kn = c - k < KV ? c - k : KV;                                       \
-            const uint8_t *b0 = bx + k * db;                                                  \
-            for (int64_t v = 0; v < da; v += 16) {                                            \
-                __m512i y[KV];                                                                \
-                for (int q = 0; q < KV; q++) y[q] = _mm512_setzero_si512();                   \
-                for (int64_t g = 0; g < db; g += 4) {                                         \
-                    const __m512i h = _mm512_loadu_si512((const void *)(H8 + (g * da + 4 * v))); \
-                    _Pragma("GCC unroll 8") for (int q = 0; q < KV; q++)                      \
-                    {                                                                         \
-                        int32_t w;                                                            \
-                        memcpy(&w, b0 + q * db + g, 4);                                       \
-                        y[q] = _mm512_dpbusd_epi32(y[q], _mm512_set1_epi32(w), h);            \
-                    }                                                                         \
-                }                                                                             \
-                const __m512i corr = _mm512_loadu_si512((const void *)(hcorr + v));           \
-                for (int64_t q = 0; q < kn; q++) {                                            \
-                    const __m128i a8 = _mm_loadu_si128((const void *)(A + (k + q) * da + v)); \
-                    const __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a8));            \
-                    const __m512 yq = _mm512_cvtepi32_ps(_mm512_sub_epi32(y[q], corr));       \
-                    if (q & 1) t1 = _mm512_fmadd_ps(a, yq, t1);                               \
-                    else t0 = _mm512_fmadd_ps(a, yq, t0);                                     \
-                }                                                                             \
-            }                                                                                 \
-        }                                                                                     \
-        return _mm512_add_ps(t0, t1);                                                         \
-    }
+/* Eight (row, component) pairs of one layer share every loaded query vector: a pair's
+ * y = H8 b (16 lanes of da per chunk) is accumulated in int32 by VNNI, b's codes broadcast
+ * four at a time with their sign bit flipped (b + 128, unsigned: bx); hcorr = 128 * sum_j
+ * H8_ij is taken back off exactly. s[q] = sum over lanes of a (masked past da) times y, in
+ * float32. Eight independent chains keep the dot-product unit busy; pairs from consecutive
+ * rows fill a group when c < 8, so one row's few components do not leave it idle. */
+#define GROUP 8
 
-LAYER_VNNI(layer_vnni2, 2)
-LAYER_VNNI(layer_vnni8, 8)
+#define DPB(Q) y##Q = _mm512_dpbusd_epi32(y##Q, _mm512_set1_epi32(load4(b##Q + g)), hv)
+#define AY(Q)                                                                                  \
+    s[Q] = _mm512_fmadd_ps(                                                                    \
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, a[Q] + 16 * ch))), \
+        _mm512_cvtepi32_ps(_mm512_sub_epi32(y##Q, corr)), s[Q])
 
-static void flip_codes(const int8_t *b, uint8_t *bx, int64_t c, int64_t db)
+static inline int32_t load4(const uint8_t *p)
 {
-    const int64_t n = c * db, padded = ((c + 7) / 8) * 8 * db;
-    for (int64_t i = 0; i < n; i++) bx[i] = (uint8_t)b[i] ^ 0x80u;
-    for (int64_t i = n; i < padded; i++) bx[i] = 0x80u;
+    int32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+static inline void group_vnni(const int8_t *const a[GROUP], const uint8_t *const bx[GROUP],
+                              int64_t da, int64_t db, const int8_t *H8, const int32_t *hcorr,
+                              __m512 s[GROUP])
+{
+    const int64_t chunks = (da + 15) / 16, step = chunks * 64;
+    const uint8_t *b0 = bx[0], *b1 = bx[1], *b2 = bx[2], *b3 = bx[3];
+    const uint8_t *b4 = bx[4], *b5 = bx[5], *b6 = bx[6], *b7 = bx[7];
+    for (int q = 0; q < GROUP; q++) s[q] = _mm512_setzero_ps();
+    for (int64_t ch = 0; ch < chunks; ch++) {
+        __m512i y0 = _mm512_setzero_si512(), y1 = y0, y2 = y0, y3 = y0, y4 = y0, y5 = y0,
+                y6 = y0, y7 = y0;
+        const int8_t *h = H8 + ch * 64;
+        for (int64_t g = 0; g < db; g += 4, h += step) {
+            const __m512i hv = _mm512_loadu_si512((const void *)h);
+            DPB(0); DPB(1); DPB(2); DPB(3); DPB(4); DPB(5); DPB(6); DPB(7);
+        }
+        const __m512i corr = _mm512_loadu_si512((const void *)(hcorr + 16 * ch));
+        const int64_t left = da - 16 * ch;
+        const __mmask16 lanes = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        AY(0); AY(1); AY(2); AY(3); AY(4); AY(5); AY(6); AY(7);
+    }
+}
+
+/* b codes of n rows (c * db bytes each, at stride row_bytes) with their sign bit flipped */
+static void flip_rows(const int8_t *b, int64_t row_bytes, int64_t n, int64_t len, uint8_t *bx)
+{
+    const __m512i bit = _mm512_set1_epi8((char)0x80);
+    for (int64_t r = 0; r < n; r++) {
+        const int8_t *src = b + r * row_bytes;
+        uint8_t *dst = bx + r * len;
+        int64_t i = 0;
+        for (; i + 64 <= len; i += 64)
+            _mm512_storeu_si512((void *)(dst + i),
+                                _mm512_xor_si512(_mm512_loadu_si512((const void *)(src + i)), bit));
+        for (; i < len; i++) dst[i] = (uint8_t)src[i] ^ 0x80u;
+    }
 }
 
 static float code_norm(const int8_t *x, int64_t n)
@@ -231,58 +241,111 @@ void lorif_row_norms(const int8_t *rows, int64_t n_rows, int64_t row_bytes, cons
     }
 }
 
+enum { BTILE = 8, SLOTS = BTILE * GROUP + 1 }; /* + one slot for a group's padding */
+
+/* The integer layers of one tile: pairs (r, k) in row-major order, eight at a time. Pair
+ * (r, k) adds into slot r * 8 + k % 8, so the eight pairs of a group never share a slot
+ * (no chain through memory) and a row's score is the sum of its eight slots. */
+static void tile_integer_layer(const int8_t *rows, int64_t nt, int64_t row_bytes,
+                               const int64_t *m, const int8_t *H8, int64_t hu_stride,
+                               const int32_t *hc, int64_t hc_stride, const float *hs,
+                               int32_t n_layers, int32_t batch, uint8_t *bx, __m512 *acc)
+{
+    const int64_t c = m[2], da = m[3], db = m[4], pairs = nt * c;
+    float scale[BTILE];
+    for (int64_t r = 0; r < nt; r++) {
+        const int8_t *row = rows + r * row_bytes;
+        float sa, sb;
+        memcpy(&sa, row + m[5], sizeof sa);
+        memcpy(&sb, row + m[6], sizeof sb);
+        scale[r] = sa * sb;
+    }
+    flip_rows(rows + m[1], row_bytes, nt, c * db, bx);
+    int64_t r = 0, k = 0; /* the pair p0 + q, without a division per pair */
+    for (int64_t p0 = 0; p0 < pairs; p0 += GROUP) {
+        const int8_t *a[GROUP];
+        const uint8_t *b[GROUP];
+        int64_t slot[GROUP];
+        float sc[GROUP];
+        for (int q = 0; q < GROUP; q++) {
+            if (p0 + q < pairs) {
+                a[q] = rows + r * row_bytes + m[0] + k * da;
+                b[q] = bx + (r * c + k) * db;
+                slot[q] = r * GROUP + k % GROUP;
+                sc[q] = scale[r];
+                if (++k == c) k = 0, r++;
+            } else { /* padding: pair 0 again, into the spare slot */
+                a[q] = a[0], b[q] = b[0], slot[q] = SLOTS - 1, sc[q] = 0.0f;
+            }
+        }
+        for (int32_t bq = 0; bq < batch; bq++) {
+            __m512 s[GROUP];
+            group_vnni(a, b, da, db, H8 + bq * hu_stride, hc + bq * hc_stride, s);
+            const float sh = hs[bq * n_layers];
+            __m512 *out = acc + (int64_t)bq * SLOTS;
+            for (int q = 0; q < GROUP; q++)
+                out[slot[q]] = _mm512_fmadd_ps(s[q], _mm512_set1_ps(sc[q] * sh), out[slot[q]]);
+        }
+    }
+}
+
 /* meta as for lorif_scan_int8; hu: per query, the packed signed H8 of every layer at
- * hu_meta offsets (-1: the layer is scored in float from hq); hscale (B, layers): s_H;
- * eps (B, layers). */
+ * hu_offsets (-1: the layer is scored in float from hq), laid (db/4, chunks of 16 lanes of
+ * da, 16, 4) with zero lanes past da; hcorr at hc_offsets, (chunks * 16) int32 per layer;
+ * hscale (B, layers): s_H; eps (B, layers). work: at least BTILE * c * db bytes and
+ * c * (da + db) + 1 floats for every layer, plus B * SLOTS * 16 floats, 64-byte aligned. */
 void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                         const int64_t *meta, const int64_t *hu_offsets, int32_t n_layers,
                         const float *hq, int64_t hq_stride, const int8_t *hu,
                         int64_t hu_stride, const int32_t *hcorr, const int64_t *hc_offsets,
                         int64_t hc_stride, const float *hscale, const float *eps,
                         int32_t batch, const float *norms, float *approx, float *margin,
-                        int64_t out_stride, float *work)
+                        int64_t out_stride, float *work, int64_t work_floats)
 {
-    __m512 acc[batch];
-    for (int64_t r = 0; r < n_rows; r++) {
-        const int8_t *row = rows + r * row_bytes;
-        for (int32_t b = 0; b < batch; b++) {
-            acc[b] = _mm512_setzero_ps();
-            approx[b * out_stride + r] = 0.0f;
-            margin[b * out_stride + r] = 0.0f;
-        }
+    __m512 *acc = (__m512 *)(work + work_floats - (int64_t)batch * SLOTS * 16);
+    float *af = work;
+    for (int64_t t0 = 0; t0 < n_rows; t0 += BTILE) {
+        const int64_t nt = t0 + BTILE < n_rows ? BTILE : n_rows - t0;
+        const int8_t *tile = rows + t0 * row_bytes;
+        for (int64_t i = 0; i < (int64_t)batch * SLOTS; i++) acc[i] = _mm512_setzero_ps();
+        for (int32_t bq = 0; bq < batch; bq++)
+            for (int64_t r = 0; r < nt; r++) {
+                approx[bq * out_stride + t0 + r] = 0.0f;
+                margin[bq * out_stride + t0 + r] = 0.0f;
+            }
         for (int32_t l = 0; l < n_layers; l++) {
             const int64_t *m = meta + META * l;
-            const int64_t c = m[2], da = m[3], db = m[4];
-            float sa = 1.0f, sb = 1.0f;
-            if (m[5] >= 0) memcpy(&sa, row + m[5], sizeof sa);
-            if (m[6] >= 0) memcpy(&sb, row + m[6], sizeof sb);
-            const float scale = sa * sb;
-            const float norm = norms[r * n_layers + l];
-            const int integer = hu_offsets[l] >= 0;
-            float *af = work, *bf = work + c * da;
-            uint8_t *bx = (uint8_t *)work;
-            if (integer) {
-                flip_codes(row + m[1], bx, c, db);
-            } else {
-                layer_to_float(row, m, af, bf);
+            if (hu_offsets[l] >= 0) {
+                tile_integer_layer(tile, nt, row_bytes, m, hu + hu_offsets[l], hu_stride,
+                                   hcorr + hc_offsets[l], hc_stride, hscale + l, n_layers,
+                                   batch, (uint8_t *)work, acc);
+                continue;
             }
-            for (int32_t b = 0; b < batch; b++) {
-                if (integer) {
-                    const int8_t *H8 = hu + b * hu_stride + hu_offsets[l];
-                    const int32_t *hc = hcorr + b * hc_stride + hc_offsets[l];
-                    const __m512 t = db >= 32 ? layer_vnni8(row + m[0], bx, c, da, db, H8, hc)
-                                              : layer_vnni2(row + m[0], bx, c, da, db, H8, hc);
-                    const float s = scale * hscale[b * n_layers + l];
-                    acc[b] = _mm512_fmadd_ps(t, _mm512_set1_ps(s), acc[b]);
-                } else {
-                    const float *H = hq + b * hq_stride + m[7];
-                    approx[b * out_stride + r] += layer_float(af, bf, c, da, db, H) * scale;
+            const int64_t c = m[2], da = m[3], db = m[4];
+            for (int64_t r = 0; r < nt; r++) {
+                const int8_t *row = tile + r * row_bytes;
+                float sa = 1.0f, sb = 1.0f;
+                if (m[5] >= 0) memcpy(&sa, row + m[5], sizeof sa);
+                if (m[6] >= 0) memcpy(&sb, row + m[6], sizeof sb);
+                layer_to_float(row, m, af, af + c * da);
+                for (int32_t bq = 0; bq < batch; bq++) {
+                    const float *H = hq + bq * hq_stride + m[7];
+                    approx[bq * out_stride + t0 + r] +=
+                        layer_float(af, af + c * da, c, da, db, H) * (sa * sb);
                 }
-                margin[b * out_stride + r] += eps[b * n_layers + l] * norm;
             }
         }
-        for (int32_t b = 0; b < batch; b++)
-            approx[b * out_stride + r] += _mm512_reduce_add_ps(acc[b]);
+        for (int32_t bq = 0; bq < batch; bq++)
+            for (int64_t r = 0; r < nt; r++) {
+                const __m512 *slots = acc + (int64_t)bq * SLOTS + r * GROUP;
+                __m512 sum = slots[0];
+                for (int q = 1; q < GROUP; q++) sum = _mm512_add_ps(sum, slots[q]);
+                float *out = approx + bq * out_stride + t0 + r, bound = 0.0f;
+                *out += _mm512_reduce_add_ps(sum);
+                for (int32_t l = 0; l < n_layers; l++)
+                    bound += eps[bq * n_layers + l] * norms[(t0 + r) * n_layers + l];
+                margin[bq * out_stride + t0 + r] = bound;
+            }
     }
 }
 #else
