@@ -262,9 +262,13 @@ class ScanEngine:
                 yield work, scales, start, 0.0
             return
         if self.residency == "ram" and self._resident is not None:
-            resident = self._resident
+            resident, tiles = self._resident, self._fused.tiles if self._fused else None
             yield from self._to_device(
-                ((resident[a:b], a, b, 0.0, None) for a, b in self._blocks()), copy_stream
+                (
+                    (resident[a:b] if tiles is None else tiles.block(a, b), a, b, 0.0, None)
+                    for a, b in self._blocks()
+                ),
+                copy_stream,
             )
             return
         yield from self._to_device(self._from_disk(), copy_stream)

@@ -20,6 +20,7 @@ from lorif_serve.errors import ConfigError
 from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.store.reader import IndexReader
 from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery, load_kernel
+from lorif_serve.server.tiled import TiledRows
 from lorif_serve.server.topk import RowMerger, allowed_at
 
 SCAN_KERNELS = ("auto", "bounded", "fused", "torch")
@@ -78,14 +79,18 @@ class FusedScanner:
         self.bounded = bounded and kernel.has_bounded
         self._norms: dict[tuple[str, ...], torch.Tensor] = {}
         self._streamed: dict[tuple[str, ...], tuple[torch.Tensor | None, int]] = {}
+        self._all_norms: torch.Tensor | None = None  # every layer's, of the resident rows
+        self.tiles: TiledRows | None = None
 
     def prepare(self, query: ScanQuery) -> PreparedQuery:
         return self.kernel.prepare(self.reader.layout, self.reader.codec, query.hq)
 
-    def warm(self, query: ScanQuery) -> None:
-        """Compute the resident rows' norms for this query's layers now (start-up)."""
+    def warm(self, every_layer: ScanQuery) -> None:
+        """Start-up: the resident rows' norms (all layers), then the rows put in tiles."""
         if self.bounded and self.resident is not None:
-            self._resident_norms(self.prepare(query), tuple(query.hq))
+            prepared = self.prepare(every_layer)
+            self._all_norms = self.kernel.row_norms(prepared, self.resident)
+            self.tiles = TiledRows(self.kernel, prepared.meta, self.resident)
 
     def scan(
         self,
@@ -96,6 +101,8 @@ class FusedScanner:
         allowed: torch.Tensor | None = None,
     ) -> FusedOutcome:
         """``allowed`` (B, N) bool: rank only these rows per query (metadata filters)."""
+        if self.bounded and self.resident is not None and self.tiles is None:
+            self.warm(every_layer(self.reader))
         prepared = self.prepare(query)
         if not self.bounded:
             return self._exact(prepared, blocks, top_k, bottom_k, allowed)
@@ -158,7 +165,11 @@ class FusedScanner:
             numbers = torch.arange(start, start + n)
             count += 1
             if exact_mode:  # an exact score is its own interval
-                scores = self.kernel.score(prepared, raw, approx)
+                if self.tiles is not None:
+                    self.tiles.score(prepared, start, start + n, approx)
+                    scores = approx[:, :n]
+                else:
+                    scores = self.kernel.score(prepared, raw, approx)
                 for merger in (lower, exact_best, upper, exact_worst):
                     if merger is not None:
                         merger.add(scores, numbers)
@@ -167,7 +178,10 @@ class FusedScanner:
                     release()
                 continue
             norms = self._block_norms(prepared, layers, raw, start)
-            self.kernel.bounded(prepared, raw, norms, approx, margin)
+            if self.tiles is not None:
+                self.tiles.bounded(prepared, start, start + n, norms, approx, margin)
+            else:
+                self.kernel.bounded(prepared, raw, norms, approx, margin)
             low = approx[:, :n] - margin[:, :n]
             high = approx[:, :n] + margin[:, :n]
             lower.add(low, numbers)
@@ -249,7 +263,7 @@ class FusedScanner:
     ) -> torch.Tensor:
         stop = start + raw.shape[0]
         if self.resident is not None:
-            return self._resident_norms(prepared, layers)[start:stop]
+            return self._resident_norms(layers)[start:stop]
         # Streamed rows: the norms of each block are kept as the first scans compute them
         # (layers × 4 bytes per row), so later scans read them instead.
         cache, filled = self._streamed.get(layers, (None, 0))
@@ -264,13 +278,21 @@ class FusedScanner:
         self._streamed[layers] = (cache, filled)
         return norms
 
-    def _resident_norms(self, prepared: PreparedQuery, layers: tuple[str, ...]) -> torch.Tensor:
-        if layers not in self._norms and self.resident is not None:
-            self._norms[layers] = self.kernel.row_norms(prepared, self.resident)
+    def _resident_norms(self, layers: tuple[str, ...]) -> torch.Tensor:
+        """The norms of these layers: columns of the start-up table (a layer's norm does
+        not depend on the others; the resident rows may be tiled by now)."""
+        if layers not in self._norms:
+            if self._all_norms is None:
+                raise RuntimeError("the resident rows' norms are computed at start-up")
+            names = set(layers)
+            columns = [i for i, s in enumerate(self.reader.layout.layers) if s.name in names]
+            self._norms[layers] = self._all_norms[:, columns].contiguous()
         return self._norms[layers]
 
     def _fetch(self, rows: torch.Tensor) -> torch.Tensor:
         """The stored rows with these (ascending) numbers, as one contiguous block."""
+        if self.tiles is not None:
+            return self.tiles.rows(rows)
         if self.resident is not None:
             return self.resident.index_select(0, rows)
         width = self.reader.codec.width
@@ -278,6 +300,12 @@ class FusedScanner:
         for i, row in enumerate(rows.tolist()):
             out[i] = self.reader.rows(row, row + 1)[0]
         return out
+
+
+def every_layer(reader: IndexReader) -> ScanQuery:
+    """A (zero) query naming every layer of the index: the kernel's full layer table."""
+    layers = reader.layout.layers
+    return ScanQuery({s.name: torch.zeros(1, s.d1, s.d2, dtype=torch.float32) for s in layers})
 
 
 def choose_scanner(
@@ -303,9 +331,5 @@ def choose_scanner(
     if requested == "bounded" and not bounded:
         raise ConfigError("scan kernel 'bounded' needs AVX-512 VNNI here; use 'fused'")
     scanner = FusedScanner(status.kernel, reader, resident, bounded)
-    layers = reader.layout.layers
-    # The resident rows' norms now, rather than in the first query.
-    scanner.warm(
-        ScanQuery({s.name: torch.zeros(1, s.d1, s.d2, dtype=torch.float32) for s in layers})
-    )
+    scanner.warm(every_layer(reader))  # the norms and tiles now, rather than in the first query
     return scanner, "bounded" if bounded else "fused", status.reason

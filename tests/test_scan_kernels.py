@@ -16,6 +16,7 @@ from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.core.scoring import score_reference
 from lorif_serve.server.fused_scan import FusedScanner
 from lorif_serve.server.kernels.fused import load_kernel
+from lorif_serve.server.tiled import TiledRows
 
 STATUS = load_kernel()
 needs_kernel = pytest.mark.skipif(STATUS.kernel is None, reason=STATUS.reason)
@@ -81,20 +82,46 @@ def test_fused_kernel_scores_a_row_the_same_wherever_it_sits():
 
 
 @needs_bounded
+@pytest.mark.parametrize("tiled", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_bounded_interval_holds_every_fused_score(seed):
+def test_bounded_interval_holds_every_fused_score(seed, tiled):
+    """Row by row, and over row tiles (18 tiles and a 12-row tail in stored order)."""
     layout, codec, raw = int8_rows(300, seed)
     kernel, hq = STATUS.kernel, queries(4, seed + 10)
     prepared = kernel.prepare(layout, codec, hq)
     exact = kernel.score(prepared, raw, torch.empty(4, 300, dtype=torch.float32))
     approx = torch.empty(4, 300, dtype=torch.float32)
     margin = torch.empty_like(approx)
-    kernel.bounded(prepared, raw, kernel.row_norms(prepared, raw), approx, margin)
+    norms = kernel.row_norms(prepared, raw)
+    if tiled:
+        tiles = TiledRows(kernel, prepared.meta, raw.clone())
+        assert tiles.tiled == 288
+        tiles.bounded(prepared, 0, 300, norms, approx, margin)
+    else:
+        kernel.bounded(prepared, raw, norms, approx, margin)
     assert torch.all((exact - approx).abs() <= margin)
     reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
     assert torch.all((reference - approx.double()).abs() <= margin.double())
     assert torch.all(margin > 0)  # the bound is not vacuous either:
     assert (margin / reference.std(dim=1, keepdim=True)).median() < 1
+
+
+@needs_bounded
+def test_tiles_give_back_every_row_and_score_exactly():
+    """Tiling in place loses nothing: any rows come back in stored order (tiles and tail),
+    and exact scores through the tiles equal the kernel's on the stored rows."""
+    layout, codec, raw = int8_rows(77, 4)
+    kernel = STATUS.kernel
+    prepared = kernel.prepare(layout, codec, queries(2, 8))
+    tiles = TiledRows(kernel, prepared.meta, raw.clone())
+    assert tiles.tiled == 64 and not torch.equal(tiles.data[:64], raw[:64])
+    which = torch.tensor([76, 0, 15, 16, 63, 64, 5, 5])
+    assert torch.equal(tiles.rows(which), raw[which])
+    assert torch.equal(tiles.block(0, 77), raw)
+    want = kernel.score(prepared, raw, torch.empty(2, 77, dtype=torch.float32))
+    got = torch.empty(2, 77, dtype=torch.float32)
+    tiles.score(prepared, 0, 77, got)
+    assert torch.equal(got, want)
 
 
 def _scanner(raw, layout, codec, bounded, resident):
@@ -117,7 +144,7 @@ def test_bounded_scan_returns_the_fused_ranking_bit_for_bit(seed, resident, fall
     every block after the first is scored exactly, as when the bound stops pruning."""
     if fallback:
         monkeypatch.setattr("lorif_serve.server.fused_scan._MAX_KEPT", 0.0)
-    layout, codec, raw = int8_rows(400, seed, duplicate_every=7)
+    layout, codec, raw = int8_rows(403, seed, duplicate_every=7)  # 25 tiles and 3 rows
     hq = queries(3, seed + 20)
     if seed % 2:  # make the copies the best rows for query 0, the worst for query 1
         values = codec.decode(raw[:1], torch.float64)
@@ -135,7 +162,7 @@ def test_bounded_scan_returns_the_fused_ranking_bit_for_bit(seed, resident, fall
     for answer in (bounded, again):
         for got, want in ((answer.top, fused.top), (answer.bottom, fused.bottom)):
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    assert bounded.rescored < 400 or fallback
+    assert bounded.rescored < 403 or fallback
 
 
 @needs_kernel

@@ -36,7 +36,7 @@ log = logging.getLogger("lorif.kernels")
 
 _SOURCE = "scan_int8.c"
 _VERSION = 7  # lorif_kernel_version() of a matching build
-_TILE = 8  # rows per tile in the kernels; thread chunks are cut at multiples of it
+_TILE = 16  # rows per tile in the kernels; thread chunks are cut at multiples of it
 _GROUP_SLOTS = 8 * 8 + 1  # the bounded pass's per-query accumulators (16 floats each)
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -142,6 +142,15 @@ class FusedInt8Scan:
             self._bounded.argtypes = [_P, _I64, _I64, _P, _P, _I32, _P, _I64, _P, _I64]
             self._bounded.argtypes += [_P, _P, _I64, _P, _P, _I32, _P, _P, _P, _I64, _P, _I64]
             self._bounded.restype = None
+            self._tiles = library.lorif_bounded_tiles
+            self._tiles.argtypes = self._bounded.argtypes
+            self._tiles.restype = None
+            self._tile_rows = library.lorif_tile_rows
+            self._tile_rows.argtypes = [_P, _I64, _I64, _P, _I32, _P, _P]
+            self._tile_rows.restype = None
+            self._untile = library.lorif_untile_rows
+            self._untile.argtypes = [_P, _I64, _I64, _P, _I32, _P, _I64, _P, _P]
+            self._untile.restype = None
             self._norms = library.lorif_row_norms
             self._norms.argtypes = [_P, _I64, _I64, _P, _I32, _P]
             self._norms.restype = None
@@ -199,6 +208,54 @@ class FusedInt8Scan:
         self._across_threads(query, n, run)
         return norms
 
+    def tile_rows(self, meta: torch.Tensor, rows: torch.Tensor) -> int:
+        """Rearrange the whole 16-row tiles of ``rows`` in place (``scan_int8.c``: vector
+        lanes become rows); returns how many rows are tiled (the rest stay as they were).
+        ``meta``: every layer of the row (a ``prepare`` of all layers)."""
+        _check_rows(rows)
+        if not rows.is_contiguous():
+            raise ValueError("rows must be contiguous to be tiled")
+        tiles = rows.shape[0] // _TILE
+        per_thread = -(-tiles // self.threads)
+        width = rows.shape[1]
+
+        def run(first: int) -> None:
+            count = min(per_thread, tiles - first)
+            tmp = torch.empty(_TILE * width, dtype=torch.int8)
+            scratch = torch.empty(width, dtype=torch.uint8)
+            self._tile_rows(
+                rows.data_ptr() + first * _TILE * width,
+                count,
+                width,
+                meta.data_ptr(),
+                meta.shape[0],
+                tmp.data_ptr(),
+                scratch.data_ptr(),
+            )
+
+        list(self._pool.map(run, range(0, tiles, max(per_thread, 1))))
+        return tiles * _TILE
+
+    def untile(
+        self, meta: torch.Tensor, rows: torch.Tensor, tiled: int, which: torch.Tensor
+    ) -> torch.Tensor:
+        """Rows ``which`` of a (partly) tiled ``rows`` in their stored order."""
+        which = which.to(torch.int64).contiguous()
+        out = torch.empty((which.shape[0], rows.shape[1]), dtype=torch.int8)
+        scratch = torch.empty(rows.shape[1], dtype=torch.uint8)
+        self._untile(
+            rows.data_ptr(),
+            tiled,
+            rows.shape[1],
+            meta.data_ptr(),
+            meta.shape[0],
+            which.data_ptr(),
+            which.shape[0],
+            out.data_ptr(),
+            scratch.data_ptr(),
+        )
+        return out
+
     def bounded(
         self,
         query: PreparedQuery,
@@ -206,10 +263,12 @@ class FusedInt8Scan:
         norms: torch.Tensor,
         approx: torch.Tensor,
         margin: torch.Tensor,
+        tiled: bool = False,
     ) -> None:
         """(B, n) approximate scores and their error bounds: |exact − approx| ≤ margin.
 
-        ``norms``: ``row_norms`` of the same rows and layers.
+        ``norms``: ``row_norms`` of the same rows and layers. ``tiled``: the rows are whole
+        tiles (``tile_rows``).
         """
         bounded = query.bounded
         if bounded is None:
@@ -220,8 +279,17 @@ class FusedInt8Scan:
         _check_out(query, rows, approx)
         _check_out(query, rows, margin)
 
+        if tiled and rows.shape[0] % _TILE:
+            raise ValueError(f"tiled rows come in whole tiles of {_TILE}")
+        fn = self._tiles if tiled else self._bounded
+        corr, corr_offsets = (
+            (bounded.negated, bounded.neg_offsets)
+            if tiled
+            else (bounded.corrections, bounded.corr_offsets)
+        )
+
         def run(start: int, stop: int, work: torch.Tensor) -> None:
-            self._bounded(
+            fn(
                 rows.data_ptr() + start * rows.stride(0),
                 stop - start,
                 rows.stride(0),
@@ -232,9 +300,9 @@ class FusedInt8Scan:
                 query.hq.stride(0),
                 bounded.packed.data_ptr(),
                 bounded.packed.stride(0),
-                bounded.corrections.data_ptr(),
-                bounded.corr_offsets.data_ptr(),
-                bounded.corrections.stride(0),
+                corr.data_ptr(),
+                corr_offsets.data_ptr(),
+                corr.stride(0),
                 bounded.scales.data_ptr(),
                 bounded.eps.data_ptr(),
                 query.batch,

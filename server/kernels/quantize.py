@@ -17,6 +17,9 @@ class BoundedQuery:
     corrections: torch.Tensor  # (B, Σ da) int32, 128·Σ_j H8_ij (the kernel's unsigned b)
     scales: torch.Tensor  # (B, layers) float32 s_H
     eps: torch.Tensor  # (B, layers) float32 bound on |score error| per unit of row norm
+    # The tiled pass's corrections: (B, Σ da) int32 −128·Σ_j H8_ij (−1: scored in float).
+    neg_offsets: torch.Tensor
+    negated: torch.Tensor
 
 
 _UNIT = 2.0**-24  # float32 unit roundoff
@@ -37,7 +40,8 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
     batch = parts[0].shape[0]
     offsets, packed, scales, eps = [], [], [], []
     corr_offsets, corrections = [], []
-    position = corr_position = 0
+    neg_offsets, negated = [], []
+    position = corr_position = neg_position = 0
     for index in range(layers):
         _, _, c, da, db = (int(v) for v in meta[index, :5])
         h = parts[index].to(torch.float64).reshape(batch, db, da).transpose(1, 2)  # (B, da, db)
@@ -47,6 +51,7 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
         if not integer:
             offsets.append(-1)
             corr_offsets.append(-1)
+            neg_offsets.append(-1)
             scales.append(torch.ones(batch, dtype=torch.float64))
             eps.append(rounding)
             continue
@@ -64,20 +69,25 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
         corrections.append((128 * signed.to(torch.int32).sum(dim=2)).to(torch.int32))
         corr_offsets.append(corr_position)
         corr_position += lanes
+        negated.append((-128 * codes.sum(dim=2)).to(torch.int32))
+        neg_offsets.append(neg_position)
+        neg_position += da
         scales.append(scale)
         eps.append(error + rounding)
     margin = torch.stack(eps, dim=1) * 1.001
+
+    def joined(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        return torch.cat(parts, dim=1).contiguous() if parts else torch.zeros(batch, 1, dtype=dtype)
+
     return BoundedQuery(
         torch.tensor(offsets, dtype=torch.int64),
-        torch.cat(packed, dim=1).contiguous()
-        if packed
-        else torch.zeros(batch, 1, dtype=torch.int8),
+        joined(packed, torch.int8),
         torch.tensor(corr_offsets, dtype=torch.int64),
-        torch.cat(corrections, dim=1).contiguous()
-        if corrections
-        else torch.zeros(batch, 1, dtype=torch.int32),
+        joined(corrections, torch.int32),
         torch.stack(scales, dim=1).to(torch.float32).contiguous(),
         torch.nextafter(
             margin.to(torch.float32), torch.full((1,), float("inf"), dtype=torch.float32)
         ).contiguous(),
+        torch.tensor(neg_offsets, dtype=torch.int64),
+        joined(negated, torch.int32),
     )

@@ -1,0 +1,73 @@
+"""The resident rows of a bounded CPU scan, kept in row tiles (docs/server.md, "Row tiles").
+
+The bounded pass is fastest when one vector register holds the same number of 16 rows: the
+integer products then take their stored operand straight from memory and the query's code
+by broadcast, with no per-row reductions. At start-up the resident copy is rearranged in
+place, 16 rows at a time (``lorif_tile_rows``), into that order; the rows after the last
+whole tile stay as stored. Everything else that reads resident rows (exact rescoring, the
+exact fallback, the torch path of the low-rank query modes) gets them back in stored order
+through ``rows`` / ``block``. The index file is not changed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery
+
+_UNTILE_ROWS = 4096  # rows put back in stored order at a time for exact scoring
+
+
+class TiledRows:
+    """The resident int8 rows, tiled in place up to ``tiled`` (a multiple of 16)."""
+
+    def __init__(self, kernel: FusedInt8Scan, meta: torch.Tensor, rows: torch.Tensor) -> None:
+        """``meta``: the kernel's layer table for every layer of the row."""
+        self.kernel, self.meta, self.data = kernel, meta, rows
+        self.tiled = kernel.tile_rows(meta, rows)
+
+    @property
+    def n(self) -> int:
+        return int(self.data.shape[0])
+
+    def rows(self, which: torch.Tensor) -> torch.Tensor:
+        """Rows ``which`` in stored order, as one contiguous (len, width) block."""
+        return self.kernel.untile(self.meta, self.data, self.tiled, which)
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) in stored order (a copy)."""
+        return self.rows(torch.arange(start, stop))
+
+    def bounded(
+        self,
+        query: PreparedQuery,
+        start: int,
+        stop: int,
+        norms: torch.Tensor,
+        approx: torch.Tensor,
+        margin: torch.Tensor,
+    ) -> None:
+        """The bounded pass over rows [start, stop): tiles by the tiled kernel, the tail
+        by the row kernel. ``start`` is a multiple of 16 or at least ``tiled``."""
+        cut = min(max(start, self.tiled), stop)
+        if cut > start:
+            if start % 16:
+                raise ValueError("a tiled block starts on a tile")
+            self.kernel.bounded(
+                query, self.data[start:cut], norms[: cut - start], approx, margin, tiled=True
+            )
+        if stop > cut:
+            offset = cut - start
+            self.kernel.bounded(
+                query,
+                self.data[cut:stop],
+                norms[offset:].contiguous(),
+                approx[:, offset:],
+                margin[:, offset:],
+            )
+
+    def score(self, query: PreparedQuery, start: int, stop: int, out: torch.Tensor) -> None:
+        """Exact scores of rows [start, stop) into ``out`` (B, ≥ stop − start)."""
+        for a in range(start, stop, _UNTILE_ROWS):
+            b = min(a + _UNTILE_ROWS, stop)
+            self.kernel.score(query, self.block(a, b), out[:, a - start : b - start])
