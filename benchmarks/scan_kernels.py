@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from .serving import http_section, read_floor
 from .synthetic import random_index
 
 KERNELS = ("torch", "fused", "bounded")
+# The bounded pass over rows in stored order (LORIF_ROW_TILES=0), next to the tiled one.
+ENGINE_KERNELS = (*KERNELS, "bounded-rows")
 
 
 def held_out_queries(
@@ -63,8 +66,11 @@ def engine_rows(index: Path, hq: dict[str, torch.Tensor]) -> list[dict[str, Any]
     rows, answers = [], {}
     with IndexReader(index) as reader:
         big = reader.n_examples * reader.bytes_per_example > 2**30  # minutes per torch scan
-        for kernel in KERNELS:
-            engine = ScanEngine(reader, torch.device("cpu"), "ram", kernel=kernel)
+        for kernel in ENGINE_KERNELS:
+            os.environ["LORIF_ROW_TILES"] = "0" if kernel == "bounded-rows" else "1"
+            engine = ScanEngine(
+                reader, torch.device("cpu"), "ram", kernel=kernel.removesuffix("-rows")
+            )
             floor = read_floor(engine)
             for batch in (1, 16):
                 if kernel == "torch" and big and batch > 1:
@@ -92,7 +98,7 @@ def engine_rows(index: Path, hq: dict[str, torch.Tensor]) -> list[dict[str, Any]
     for row in rows:
         fused = answers["fused", row["batch"]]
         mine = answers[row["kernel"], row["batch"]]
-        if row["kernel"] == "bounded":
+        if row["kernel"].startswith("bounded"):
             row["equal_to_fused"] = all(
                 torch.equal(getattr(fused, f), getattr(mine, f)) for f in fields
             )

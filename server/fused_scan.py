@@ -11,6 +11,7 @@ order and scores — is bit for bit the one the ``fused`` scan gives.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -90,7 +91,8 @@ class FusedScanner:
         if self.bounded and self.resident is not None:
             prepared = self.prepare(every_layer)
             self._all_norms = self.kernel.row_norms(prepared, self.resident)
-            self.tiles = TiledRows(self.kernel, prepared.meta, self.resident)
+            if os.environ.get("LORIF_ROW_TILES", "1") != "0":  # "0": row order (diagnostics)
+                self.tiles = TiledRows(self.kernel, prepared.meta, self.resident)
 
     def scan(
         self,
@@ -101,7 +103,7 @@ class FusedScanner:
         allowed: torch.Tensor | None = None,
     ) -> FusedOutcome:
         """``allowed`` (B, N) bool: rank only these rows per query (metadata filters)."""
-        if self.bounded and self.resident is not None and self.tiles is None:
+        if self.bounded and self.resident is not None and self._all_norms is None:
             self.warm(every_layer(self.reader))
         prepared = self.prepare(query)
         if not self.bounded:
