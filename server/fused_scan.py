@@ -21,6 +21,7 @@ from lorif_serve.errors import ConfigError
 from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.store.reader import IndexReader
 from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery, load_kernel
+from lorif_serve.server.row_norms import RowNorms
 from lorif_serve.server.tiled import TiledRows
 from lorif_serve.server.topk import RowMerger, allowed_at
 
@@ -78,9 +79,7 @@ class FusedScanner:
     ) -> None:
         self.kernel, self.reader, self.resident = kernel, reader, resident
         self.bounded = bounded and kernel.has_bounded
-        self._norms: dict[tuple[str, ...], torch.Tensor] = {}
-        self._streamed: dict[tuple[str, ...], tuple[torch.Tensor | None, int]] = {}
-        self._all_norms: torch.Tensor | None = None  # every layer's, of the resident rows
+        self.norms = RowNorms(kernel, reader.layout.layers, reader.n_examples)
         self.tiles: TiledRows | None = None
 
     def prepare(self, query: ScanQuery) -> PreparedQuery:
@@ -90,7 +89,7 @@ class FusedScanner:
         """Start-up: the resident rows' norms (all layers), then the rows put in tiles."""
         if self.bounded and self.resident is not None:
             prepared = self.prepare(every_layer)
-            self._all_norms = self.kernel.row_norms(prepared, self.resident)
+            self.norms.set_resident(self.kernel.row_norms(prepared, self.resident))
             if os.environ.get("LORIF_ROW_TILES", "1") != "0":  # "0": row order (diagnostics)
                 self.tiles = TiledRows(self.kernel, prepared.meta, self.resident)
 
@@ -103,7 +102,7 @@ class FusedScanner:
         allowed: torch.Tensor | None = None,
     ) -> FusedOutcome:
         """``allowed`` (B, N) bool: rank only these rows per query (metadata filters)."""
-        if self.bounded and self.resident is not None and self._all_norms is None:
+        if self.bounded and self.resident is not None and not self.norms.resident_ready:
             self.warm(every_layer(self.reader))
         prepared = self.prepare(query)
         if not self.bounded:
@@ -179,7 +178,7 @@ class FusedScanner:
                 if release is not None:
                     release()
                 continue
-            norms = self._block_norms(prepared, layers, raw, start)
+            norms = self.norms.block(prepared, layers, raw, start, self.resident is not None)
             if self.tiles is not None:
                 self.tiles.bounded(prepared, start, start + n, norms, approx, margin)
             else:
@@ -259,37 +258,6 @@ class FusedScanner:
             else None
         )
         return top, bottom, sum(int(p.shape[0]) for _, p, _ in parts)
-
-    def _block_norms(
-        self, prepared: PreparedQuery, layers: tuple[str, ...], raw: torch.Tensor, start: int
-    ) -> torch.Tensor:
-        stop = start + raw.shape[0]
-        if self.resident is not None:
-            return self._resident_norms(layers)[start:stop]
-        # Streamed rows: the norms of each block are kept as the first scans compute them
-        # (layers × 4 bytes per row), so later scans read them instead.
-        cache, filled = self._streamed.get(layers, (None, 0))
-        if cache is not None and stop <= filled:
-            return cache[start:stop]
-        norms = self.kernel.row_norms(prepared, raw)
-        if cache is None:
-            cache = torch.empty(self.reader.n_examples, norms.shape[1], dtype=torch.float32)
-        if start == filled:  # blocks arrive in order; a cache grows only at its end
-            cache[start:stop] = norms
-            filled = stop
-        self._streamed[layers] = (cache, filled)
-        return norms
-
-    def _resident_norms(self, layers: tuple[str, ...]) -> torch.Tensor:
-        """The norms of these layers: columns of the start-up table (a layer's norm does
-        not depend on the others; the resident rows may be tiled by now)."""
-        if layers not in self._norms:
-            if self._all_norms is None:
-                raise RuntimeError("the resident rows' norms are computed at start-up")
-            names = set(layers)
-            columns = [i for i, s in enumerate(self.reader.layout.layers) if s.name in names]
-            self._norms[layers] = self._all_norms[:, columns].contiguous()
-        return self._norms[layers]
 
     def _fetch(self, rows: torch.Tensor) -> torch.Tensor:
         """The stored rows with these (ascending) numbers, as one contiguous block."""
