@@ -61,7 +61,9 @@ def held_out_queries(
         return precondition(reader.layers, curvatures, grads)
 
 
-def engine_rows(index: Path, hq: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+def engine_rows(
+    index: Path, hq: dict[str, torch.Tensor], batches: tuple[int, ...] = (1, 16)
+) -> list[dict[str, Any]]:
     """One engine at a time (each holds its own resident copy of the rows)."""
     rows, answers = [], {}
     with IndexReader(index) as reader:
@@ -72,7 +74,7 @@ def engine_rows(index: Path, hq: dict[str, torch.Tensor]) -> list[dict[str, Any]
                 reader, torch.device("cpu"), "ram", kernel=kernel.removesuffix("-rows")
             )
             floor = read_floor(engine)
-            for batch in (1, 16):
+            for batch in batches:
                 if kernel == "torch" and big and batch > 1:
                     continue  # minutes per scan; the B = 1 row makes the comparison
                 query = ScanQuery({name: h[:batch] for name, h in hq.items()})
@@ -143,19 +145,21 @@ def main() -> None:
         default=0,
         help="instead: N random int8 rows at SmolLM2-135M dims (f = 8, c = 1), random queries",
     )
+    parser.add_argument("--batches", default="1,16", help="query batch sizes, comma-separated")
     args = parser.parse_args()
+    batches = tuple(int(b) for b in args.batches.split(","))
     rows = []
     if args.smollm2_rows:  # kernel speed; random rows make the pruning pessimistic
         specs = smollm2_specs()
         path = Path(f".cache/syn-smollm2-{args.smollm2_rows // 1000}k.h5")
         random_index(path, specs, args.smollm2_rows, rank=8, storage="int8")
-        rows = engine_rows(path, random_queries(specs, 16))
+        rows = engine_rows(path, random_queries(specs, max(batches)), batches)
         write_result("scan_kernels-smollm2", {"engine": rows}, _table(rows))
         print(_table(rows))
         return
     hq = held_out_queries(args.index, args.model, args.held_out, 16)
     for index in [args.index] + ([args.synthetic] if args.synthetic else []):
-        rows += engine_rows(index, hq)
+        rows += engine_rows(index, hq, batches)
     table = _table(rows)
     http = {}
     if not args.no_http:

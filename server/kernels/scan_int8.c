@@ -356,7 +356,7 @@ void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
  * multiple of 4, and the float scales), where element e = o - o % 4 moves to 16 * e + 4 * r
  * + o % 4. So one 16-byte load is element i of the a codes of 16 rows, one 64-byte load four
  * b codes of 16 rows, and one 64-byte load a scale of 16 rows. */
-enum { RT = 16, AHEAD = 2 }; /* rows per tile; tiles read ahead */
+enum { RT = 16, QUAD = 4, AHEAD = 1 }; /* rows per tile, tiles per step, steps read ahead */
 
 static int four_byte_b(const int64_t *m) { return m[1] >= 0 && m[4] % 4 == 0; }
 
@@ -458,15 +458,18 @@ static inline __m512i bcast4(const void *p)
 #define PRODUCT(T, A8, Y) \
     T = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(A8)), _mm512_cvtepi32_ps(Y), T)
 
-/* Four components x four elements of da over a tile (the common case, c and da multiples
- * of 4): per four codes of db, 4 loads of b (16 rows each) and 4 broadcasts of H8 feed 16
- * integer products from registers. Written out in assembly because the compiler, left to
- * itself, shuffles the 16 accumulators between registers on every step. ta, tb: component
- * k0's a (at element i0) and b in the tile; t: four partial sums. */
-static inline void tile_block4(const int8_t *ta, const int8_t *tb, int64_t da, int64_t db,
-                               const int8_t *h, int64_t step, const int32_t *nc, __m512 t[4])
+/* Four groups x four elements of da (i0 .. i0+3; da a multiple of 4): per four codes of db,
+ * 4 loads of b (16 rows each) and 4 broadcasts of H8 feed 16 integer products from registers.
+ * The groups are four components of one tile (sa = 16 da, sb = 16 db apart) or one component
+ * of four tiles (sa = sb = a tile's bytes apart). Written out in assembly because the
+ * compiler, left to itself, shuffles the 16 accumulators between registers on every step.
+ * ta, tb: group 0's a (at element i0) and b; h, nc: the query's codes and -corr at i0.
+ * block4_elements adds element i's products into t[i] (the groups share rows),
+ * block4_tiles group g's into t[g] (each group its own rows). */
+static inline void block4_elements(const int8_t *ta, const int8_t *tb, int64_t sa, int64_t sb,
+                               int64_t db, const int8_t *h, int64_t step, const int32_t *nc,
+                               __m512 t[4])
 {
-    const int64_t sa = 16 * da, sb = 16 * db;
     const int8_t *a3 = ta + 3 * sa, *b3 = tb + 3 * sb, *b = tb;
     int64_t n = db / 4;
     __m512 t0 = t[0], t1 = t[1], t2 = t[2], t3 = t[3];
@@ -588,6 +591,132 @@ static inline void tile_block4(const int8_t *ta, const int8_t *tb, int64_t da, i
     t[0] = t0, t[1] = t1, t[2] = t2, t[3] = t3;
 }
 
+
+static inline void block4_tiles(const int8_t *ta, const int8_t *tb, int64_t sa, int64_t sb,
+                               int64_t db, const int8_t *h, int64_t step, const int32_t *nc,
+                               __m512 t[4])
+{
+    const int8_t *a3 = ta + 3 * sa, *b3 = tb + 3 * sb, *b = tb;
+    int64_t n = db / 4;
+    __m512 t0 = t[0], t1 = t[1], t2 = t[2], t3 = t[3];
+    __asm__ volatile(
+        "vpbroadcastd 0(%[nc]), %%zmm0\n\t"
+        "vmovdqa64 %%zmm0, %%zmm4\n\t"
+        "vmovdqa64 %%zmm0, %%zmm8\n\t"
+        "vmovdqa64 %%zmm0, %%zmm12\n\t"
+        "vpbroadcastd 4(%[nc]), %%zmm1\n\t"
+        "vmovdqa64 %%zmm1, %%zmm5\n\t"
+        "vmovdqa64 %%zmm1, %%zmm9\n\t"
+        "vmovdqa64 %%zmm1, %%zmm13\n\t"
+        "vpbroadcastd 8(%[nc]), %%zmm2\n\t"
+        "vmovdqa64 %%zmm2, %%zmm6\n\t"
+        "vmovdqa64 %%zmm2, %%zmm10\n\t"
+        "vmovdqa64 %%zmm2, %%zmm14\n\t"
+        "vpbroadcastd 12(%[nc]), %%zmm3\n\t"
+        "vmovdqa64 %%zmm3, %%zmm7\n\t"
+        "vmovdqa64 %%zmm3, %%zmm11\n\t"
+        "vmovdqa64 %%zmm3, %%zmm15\n\t"
+        "1:\n\t"
+        "vmovdqu64 (%[b]), %%zmm16\n\t"
+        "vmovdqu64 (%[b],%[sb]), %%zmm17\n\t"
+        "vmovdqu64 (%[b],%[sb],2), %%zmm18\n\t"
+        "vmovdqu64 (%[b3]), %%zmm19\n\t"
+        "vpbroadcastd 0(%[h]), %%zmm20\n\t"
+        "vpbroadcastd 4(%[h]), %%zmm21\n\t"
+        "vpbroadcastd 8(%[h]), %%zmm22\n\t"
+        "vpbroadcastd 12(%[h]), %%zmm23\n\t"
+        "vpdpbusd %%zmm20, %%zmm16, %%zmm0\n\t"
+        "vpdpbusd %%zmm21, %%zmm16, %%zmm1\n\t"
+        "vpdpbusd %%zmm22, %%zmm16, %%zmm2\n\t"
+        "vpdpbusd %%zmm23, %%zmm16, %%zmm3\n\t"
+        "vpdpbusd %%zmm20, %%zmm17, %%zmm4\n\t"
+        "vpdpbusd %%zmm21, %%zmm17, %%zmm5\n\t"
+        "vpdpbusd %%zmm22, %%zmm17, %%zmm6\n\t"
+        "vpdpbusd %%zmm23, %%zmm17, %%zmm7\n\t"
+        "vpdpbusd %%zmm20, %%zmm18, %%zmm8\n\t"
+        "vpdpbusd %%zmm21, %%zmm18, %%zmm9\n\t"
+        "vpdpbusd %%zmm22, %%zmm18, %%zmm10\n\t"
+        "vpdpbusd %%zmm23, %%zmm18, %%zmm11\n\t"
+        "vpdpbusd %%zmm20, %%zmm19, %%zmm12\n\t"
+        "vpdpbusd %%zmm21, %%zmm19, %%zmm13\n\t"
+        "vpdpbusd %%zmm22, %%zmm19, %%zmm14\n\t"
+        "vpdpbusd %%zmm23, %%zmm19, %%zmm15\n\t"
+        "addq $64, %[b]\n\t"
+        "addq $64, %[b3]\n\t"
+        "addq %[step], %[h]\n\t"
+        "decq %[n]\n\t"
+        "jnz 1b\n\t"
+        "vpmovsxbd (%[a]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm0, %%zmm0\n\t"
+        "vfmadd231ps %%zmm0, %%zmm16, %[t0]\n\t"
+        "vpmovsxbd 16(%[a]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm1, %%zmm1\n\t"
+        "vfmadd231ps %%zmm1, %%zmm16, %[t0]\n\t"
+        "vpmovsxbd 32(%[a]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm2, %%zmm2\n\t"
+        "vfmadd231ps %%zmm2, %%zmm16, %[t0]\n\t"
+        "vpmovsxbd 48(%[a]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm3, %%zmm3\n\t"
+        "vfmadd231ps %%zmm3, %%zmm16, %[t0]\n\t"
+        "vpmovsxbd (%[a],%[sa]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm4, %%zmm4\n\t"
+        "vfmadd231ps %%zmm4, %%zmm16, %[t1]\n\t"
+        "vpmovsxbd 16(%[a],%[sa]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm5, %%zmm5\n\t"
+        "vfmadd231ps %%zmm5, %%zmm16, %[t1]\n\t"
+        "vpmovsxbd 32(%[a],%[sa]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm6, %%zmm6\n\t"
+        "vfmadd231ps %%zmm6, %%zmm16, %[t1]\n\t"
+        "vpmovsxbd 48(%[a],%[sa]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm7, %%zmm7\n\t"
+        "vfmadd231ps %%zmm7, %%zmm16, %[t1]\n\t"
+        "vpmovsxbd (%[a],%[sa],2), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm8, %%zmm8\n\t"
+        "vfmadd231ps %%zmm8, %%zmm16, %[t2]\n\t"
+        "vpmovsxbd 16(%[a],%[sa],2), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm9, %%zmm9\n\t"
+        "vfmadd231ps %%zmm9, %%zmm16, %[t2]\n\t"
+        "vpmovsxbd 32(%[a],%[sa],2), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm10, %%zmm10\n\t"
+        "vfmadd231ps %%zmm10, %%zmm16, %[t2]\n\t"
+        "vpmovsxbd 48(%[a],%[sa],2), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm11, %%zmm11\n\t"
+        "vfmadd231ps %%zmm11, %%zmm16, %[t2]\n\t"
+        "vpmovsxbd (%[a3]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm12, %%zmm12\n\t"
+        "vfmadd231ps %%zmm12, %%zmm16, %[t3]\n\t"
+        "vpmovsxbd 16(%[a3]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm13, %%zmm13\n\t"
+        "vfmadd231ps %%zmm13, %%zmm16, %[t3]\n\t"
+        "vpmovsxbd 32(%[a3]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm14, %%zmm14\n\t"
+        "vfmadd231ps %%zmm14, %%zmm16, %[t3]\n\t"
+        "vpmovsxbd 48(%[a3]), %%zmm16\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
+        "vcvtdq2ps %%zmm15, %%zmm15\n\t"
+        "vfmadd231ps %%zmm15, %%zmm16, %[t3]\n\t"
+        : [b] "+r"(b), [b3] "+r"(b3), [h] "+r"(h), [n] "+r"(n), [t0] "+v"(t0), [t1] "+v"(t1),
+          [t2] "+v"(t2), [t3] "+v"(t3)
+        : [a] "r"(ta), [a3] "r"(a3), [sa] "r"(sa), [sb] "r"(sb), [step] "r"(step), [nc] "r"(nc)
+        : "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17", "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23", "cc", "memory");
+    t[0] = t0, t[1] = t1, t[2] = t2, t[3] = t3;
+}
+
 /* One component over a tile, sixteen elements of da at a time, each product's H8 code
  * broadcast from memory (c < 4, or the components past the last multiple of 4). */
 static inline void tile_component(const int8_t *ta, const int8_t *tb, int64_t da, int64_t db,
@@ -626,8 +755,8 @@ static void tile_layer(const int8_t *tile, const int64_t *m, const int8_t *h8,
     int64_t k = 0;
     for (; k + 4 <= c && da % 4 == 0 && db > 0; k += 4)
         for (int64_t i0 = 0; i0 < da; i0 += 4)
-            tile_block4(ta + 16 * (k * da + i0), tb + 16 * k * db, da, db, h8 + 4 * i0, step,
-                        nc + i0, t);
+            block4_elements(ta + 16 * (k * da + i0), tb + 16 * k * db, 16 * da, 16 * db, db,
+                            h8 + 4 * i0, step, nc + i0, t);
     for (; k < c; k++)
         tile_component(ta + 16 * k * da, tb + 16 * k * db, da, db, h8, step, nc, t);
 }
@@ -639,10 +768,80 @@ static inline void prefetch_bytes(const int8_t *p, int64_t n)
     for (int64_t o = 0; o < n; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T1);
 }
 
-/* The bounded pass over whole tiles (n_rows a multiple of 16; rows: the first tile's start).
- * Arguments as lorif_bounded_int8, except the corrections: ncorr (B, Σ da) int32,
- * -128 * Σ_j H8_ij, at nc_offsets. work: c * (da + db) + 1 floats per layer and
- * row_bytes bytes for the float layers' gathered rows. */
+/* Layer m's bytes of the tiles AHEAD quads on (a stretch of the index read in order). */
+static void prefetch_layer(const int8_t *quad, int64_t t0, int64_t n_rows, int64_t row_bytes,
+                           const int64_t *m)
+{
+    const int64_t tiles = (n_rows - t0) / RT;
+    for (int64_t j = AHEAD * QUAD; j < (AHEAD + 1) * QUAD && j < tiles; j++) {
+        const int8_t *next = quad + j * RT * row_bytes;
+        prefetch_bytes(next + 16 * m[0], 16 * m[2] * m[3]);
+        if (m[1] >= 0) prefetch_bytes(next + 16 * m[1], 16 * m[2] * m[4]);
+        prefetch_bytes(next + 16 * m[5], 64);
+        if (m[6] >= 0) prefetch_bytes(next + 16 * m[6], 64);
+    }
+}
+
+/* An integer layer over nq tiles: acc[j] += (per-row products) * s_a * s_b * s_H. With c a
+ * multiple of 4 the register block runs over a tile's components; otherwise (c = 1 at
+ * SmolLM2 dims) over one component of four tiles, so each loaded query code still feeds
+ * four rows' vectors. */
+static void integer_layer(const int8_t *quad, int64_t nq, int64_t tile_bytes, const int64_t *m,
+                          const int8_t *h8, const int32_t *nc, float sh, __m512 acc[QUAD])
+{
+    const int64_t c = m[2], da = m[3], db = m[4], step = ((da + 15) / 16) * 64;
+    __m512 part[QUAD][4];
+    for (int64_t j = 0; j < QUAD; j++)
+        for (int q = 0; q < 4; q++) part[j][q] = _mm512_setzero_ps();
+    if (c % 4 && nq == QUAD && da % 4 == 0 && db > 0) {
+        for (int64_t k = 0; k < c; k++)
+            for (int64_t i0 = 0; i0 < da; i0 += 4) {
+                __m512 t[4] = {part[0][0], part[1][0], part[2][0], part[3][0]};
+                block4_tiles(quad + 16 * (m[0] + k * da + i0), quad + 16 * (m[1] + k * db),
+                             tile_bytes, tile_bytes, db, h8 + 4 * i0, step, nc + i0, t);
+                for (int64_t j = 0; j < QUAD; j++) part[j][0] = t[j];
+            }
+    } else {
+        for (int64_t j = 0; j < nq; j++) tile_layer(quad + j * tile_bytes, m, h8, nc, part[j]);
+    }
+    for (int64_t j = 0; j < nq; j++) {
+        const int8_t *tile = quad + j * tile_bytes;
+        const __m512 t = _mm512_add_ps(_mm512_add_ps(part[j][0], part[j][1]),
+                                       _mm512_add_ps(part[j][2], part[j][3]));
+        const __m512 sa = _mm512_loadu_ps((const float *)(tile + 16 * m[5]));
+        const __m512 sb = _mm512_loadu_ps((const float *)(tile + 16 * m[6]));
+        acc[j] = _mm512_fmadd_ps(t, _mm512_mul_ps(_mm512_mul_ps(sa, sb), _mm512_set1_ps(sh)),
+                                 acc[j]);
+    }
+}
+
+/* A layer the integer pass does not take, in float: each row's codes gathered from the tile
+ * (the b codes of 4-byte groups are stored flipped). out: the tile's 16 scores. */
+static void float_layer(const int8_t *tile, const int64_t *m, const float *H, float *work,
+                        float *out)
+{
+    const int64_t c = m[2], da = m[3], db = m[4];
+    float *af = work, *bf = work + c * da;
+    for (int64_t r = 0; r < RT; r++) {
+        float sa = 1.0f, sb = 1.0f;
+        if (m[5] >= 0) memcpy(&sa, tile + 16 * m[5] + 4 * r, 4);
+        if (m[6] >= 0) memcpy(&sb, tile + 16 * m[6] + 4 * r, 4);
+        for (int64_t x = 0; x < c * da; x++) af[x] = (float)tile[16 * (m[0] + x) + r];
+        if (m[1] < 0)
+            bf[0] = 1.0f;
+        else if (four_byte_b(m))
+            for (int64_t x = 0; x < c * db; x++)
+                bf[x] = (float)(int8_t)(tile[16 * (m[1] + x - x % 4) + 4 * r + x % 4] ^ 0x80);
+        else
+            for (int64_t x = 0; x < c * db; x++) bf[x] = (float)tile[16 * (m[1] + x) + r];
+        out[r] += layer_float(af, bf, c, da, db, H) * (sa * sb);
+    }
+}
+
+/* The bounded pass over whole tiles, four at a time (n_rows a multiple of 16; rows: the
+ * first tile's start). Arguments as lorif_bounded_int8, except the corrections: ncorr
+ * (B, Σ da) int32, -128 * Σ_j H8_ij, at nc_offsets. work: c * (da + db) + 1 floats per
+ * layer (the float layers). */
 void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                          const int64_t *meta, const int64_t *h8_offsets, int32_t n_layers,
                          const float *hq, int64_t hq_stride, const int8_t *h8,
@@ -652,62 +851,39 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                          int64_t out_stride, float *work, int64_t work_floats)
 {
     (void)work_floats;
-    for (int64_t t0 = 0; t0 < n_rows; t0 += RT) {
-        const int8_t *tile = rows + t0 * row_bytes;
+    const int64_t tile_bytes = RT * row_bytes;
+    for (int64_t t0 = 0; t0 < n_rows; t0 += QUAD * RT) {
+        const int64_t nq = (n_rows - t0) / RT < QUAD ? (n_rows - t0) / RT : QUAD;
+        const int8_t *quad = rows + t0 * row_bytes;
         for (int32_t bq = 0; bq < batch; bq++) {
-            __m512 acc = _mm512_setzero_ps();
+            __m512 acc[QUAD];
             float *out = approx + bq * out_stride + t0;
-            for (int64_t r = 0; r < RT; r++) out[r] = 0.0f;
+            for (int64_t j = 0; j < QUAD; j++) acc[j] = _mm512_setzero_ps();
+            for (int64_t r = 0; r < nq * RT; r++) out[r] = 0.0f;
             for (int32_t l = 0; l < n_layers; l++) {
                 const int64_t *m = meta + META * l;
-                const int64_t c = m[2], da = m[3], db = m[4];
-                if (bq == 0 && t0 + AHEAD * RT < n_rows) {
-                    const int8_t *next = tile + AHEAD * RT * row_bytes;
-                    prefetch_bytes(next + 16 * m[0], 16 * c * da);
-                    if (m[1] >= 0) prefetch_bytes(next + 16 * m[1], 16 * c * db);
-                    prefetch_bytes(next + 16 * m[5], 64);
-                    if (m[6] >= 0) prefetch_bytes(next + 16 * m[6], 64);
-                }
+                if (bq == 0) prefetch_layer(quad, t0, n_rows, row_bytes, m);
                 if (h8_offsets[l] >= 0) {
-                    const int8_t *h = h8 + bq * h8_stride + h8_offsets[l];
-                    const int32_t *nc = ncorr + bq * nc_stride + nc_offsets[l];
-                    __m512 part[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(),
-                                      _mm512_setzero_ps(), _mm512_setzero_ps()};
-                    tile_layer(tile, m, h, nc, part);
-                    const __m512 t = _mm512_add_ps(_mm512_add_ps(part[0], part[1]),
-                                                   _mm512_add_ps(part[2], part[3]));
-                    const __m512 sa = _mm512_loadu_ps((const float *)(tile + 16 * m[5]));
-                    const __m512 sb = _mm512_loadu_ps((const float *)(tile + 16 * m[6]));
-                    const __m512 s = _mm512_mul_ps(_mm512_mul_ps(sa, sb),
-                                                   _mm512_set1_ps(hscale[bq * n_layers + l]));
-                    acc = _mm512_fmadd_ps(t, s, acc);
+                    integer_layer(quad, nq, tile_bytes, m, h8 + bq * h8_stride + h8_offsets[l],
+                                  ncorr + bq * nc_stride + nc_offsets[l],
+                                  hscale[bq * n_layers + l], acc);
                     continue;
                 }
-                /* a float layer: each row's codes gathered from the tile */
-                float *af = work, *bf = work + c * da;
-                for (int64_t r = 0; r < RT; r++) {
-                    float sa = 1.0f, sb = 1.0f;
-                    if (m[5] >= 0) memcpy(&sa, tile + 16 * m[5] + 4 * r, 4);
-                    if (m[6] >= 0) memcpy(&sb, tile + 16 * m[6] + 4 * r, 4);
-                    for (int64_t x = 0; x < c * da; x++) af[x] = (float)tile[16 * (m[0] + x) + r];
-                    if (m[1] < 0) bf[0] = 1.0f;
-                    else if (four_byte_b(m)) /* stored flipped */
-                        for (int64_t x = 0; x < c * db; x++)
-                            bf[x] = (float)(int8_t)(tile[16 * (m[1] + x - x % 4) + 4 * r + x % 4] ^ 0x80);
-                    else
-                        for (int64_t x = 0; x < c * db; x++) bf[x] = (float)tile[16 * (m[1] + x) + r];
-                    const float *H = hq + bq * hq_stride + m[7];
-                    out[r] += layer_float(af, bf, c, da, db, H) * (sa * sb);
-                }
+                for (int64_t j = 0; j < nq; j++)
+                    float_layer(quad + j * tile_bytes, m, hq + bq * hq_stride + m[7], work,
+                                out + j * RT);
             }
-            float lanes[RT];
-            _mm512_storeu_ps(lanes, acc);
-            for (int64_t r = 0; r < RT; r++) {
-                float bound = 0.0f;
-                out[r] += lanes[r];
-                for (int32_t l = 0; l < n_layers; l++)
-                    bound += eps[bq * n_layers + l] * norms[(t0 + r) * n_layers + l];
-                margin[bq * out_stride + t0 + r] = bound;
+            for (int64_t j = 0; j < nq; j++) {
+                float lanes[RT];
+                _mm512_storeu_ps(lanes, acc[j]);
+                for (int64_t r = 0; r < RT; r++) {
+                    const int64_t row = t0 + j * RT + r;
+                    float bound = 0.0f;
+                    out[j * RT + r] += lanes[r];
+                    for (int32_t l = 0; l < n_layers; l++)
+                        bound += eps[bq * n_layers + l] * norms[row * n_layers + l];
+                    margin[bq * out_stride + row] = bound;
+                }
             }
         }
     }
