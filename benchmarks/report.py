@@ -40,6 +40,29 @@ SECTIONS = [
         "`python -m benchmarks.serving`",
     ),
     (
+        "scan_kernels",
+        "CPU scan kernels side by side",
+        "One process, residency ram, exact top-10 + bottom-10 of real preconditioned queries "
+        "(held-out articles): the torch kernels, the compiled fused kernel, the bounded pass "
+        "over row tiles and over rows in stored order (`LORIF_ROW_TILES=0`), each against the "
+        "time to read its resident bytes. `python -m benchmarks.scan_kernels`",
+    ),
+    (
+        "bound_width",
+        "The bounded pass's bound on real queries",
+        "How wide the int8 query's error bound is against the spread of the exact scores, and "
+        "how many rows it leaves as candidates, on the demo index and on a 485-row SmolLM2-135M "
+        "index (c = 1, 210 layers; 120 BBC articles in 128-token chunks). "
+        "`python -m benchmarks.bound_width`",
+    ),
+    (
+        "bf16_featurize",
+        "bf16 query featurization",
+        "The query's forward/backward in float32 and under bf16 autocast (AVX-512 BF16 here, "
+        "no AMX). The scores agree, but the saving is small, so featurization stays float32. "
+        "`python -m benchmarks.bf16_featurize`",
+    ),
+    (
         "serving-restructure",
         "Serving before and after the package restructure",
         "The same benchmark, both versions back to back.",

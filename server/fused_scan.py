@@ -156,6 +156,7 @@ class FusedScanner:
         kept_rows: list[torch.Tensor] = []
         kept_bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
         wait, count, exact_rows, exact_mode = 0.0, 0, 0, False
+        levels = 0  # query levels of the tiled pass, chosen at the first block
         approx = margin = None
         for raw, start, waited, release in blocks:
             wait += waited
@@ -180,7 +181,9 @@ class FusedScanner:
                 continue
             norms = self.norms.block(prepared, layers, raw, start, self.resident is not None)
             if self.tiles is not None:
-                self.tiles.bounded(prepared, start, start + n, norms, approx, margin)
+                if levels == 0:  # blocks of resident rows start at row 0
+                    levels = self.tiles.levels(prepared, norms) if start == 0 else 1
+                self.tiles.bounded(prepared, start, start + n, norms, approx, margin, levels)
             else:
                 self.kernel.bounded(prepared, raw, norms, approx, margin)
             low = approx[:, :n] - margin[:, :n]

@@ -82,10 +82,11 @@ def test_fused_kernel_scores_a_row_the_same_wherever_it_sits():
 
 
 @needs_bounded
-@pytest.mark.parametrize("tiled", [False, True])
+@pytest.mark.parametrize("tiled,levels", [(False, 1), (True, 1), (True, 2)])
 @pytest.mark.parametrize("seed", range(4))
-def test_bounded_interval_holds_every_fused_score(seed, tiled):
-    """Row by row, and over row tiles (18 tiles and a 12-row tail in stored order)."""
+def test_bounded_interval_holds_every_fused_score(seed, tiled, levels):
+    """Row by row, and over row tiles (18 tiles and a 12-row tail in stored order) with one
+    or two query levels."""
     layout, codec, raw = int8_rows(300, seed)
     kernel, hq = STATUS.kernel, queries(4, seed + 10)
     prepared = kernel.prepare(layout, codec, hq)
@@ -96,10 +97,14 @@ def test_bounded_interval_holds_every_fused_score(seed, tiled):
     if tiled:
         tiles = TiledRows(kernel, prepared.meta, raw.clone())
         assert tiles.tiled == 288
-        tiles.bounded(prepared, 0, 300, norms, approx, margin)
+        tiles.bounded(prepared, 0, 300, norms, approx, margin, levels)
     else:
         kernel.bounded(prepared, raw, norms, approx, margin)
     assert torch.all((exact - approx).abs() <= margin)
+    if levels == 2:  # the second level tightens the tiles' bound by about 128×
+        one = torch.empty_like(margin)
+        kernel.bounded(prepared, raw, norms, torch.empty_like(approx), one)
+        assert (margin[:, :288] / one[:, :288]).median() < 0.05
     reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
     assert torch.all((reference - approx.double()).abs() <= margin.double())
     assert torch.all(margin > 0)  # the bound is not vacuous either:
@@ -144,6 +149,8 @@ def test_bounded_scan_returns_the_fused_ranking_bit_for_bit(seed, resident, fall
     every block after the first is scored exactly, as when the bound stops pruning."""
     if fallback:
         monkeypatch.setattr("lorif_serve.server.fused_scan._MAX_KEPT", 0.0)
+    if seed >= 3:  # two query levels: a probe that always finds the bound too wide
+        monkeypatch.setattr("lorif_serve.server.tiled.TiledRows.levels", lambda *_: 2)
     layout, codec, raw = int8_rows(403, seed, duplicate_every=7)  # 25 tiles and 3 rows
     hq = queries(3, seed + 20)
     if seed % 2:  # make the copies the best rows for query 0, the worst for query 1

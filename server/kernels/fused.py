@@ -35,7 +35,7 @@ from lorif_serve.server.kernels.quantize import BoundedQuery, quantize_queries
 log = logging.getLogger("lorif.kernels")
 
 _SOURCE = "scan_int8.c"
-_VERSION = 7  # lorif_kernel_version() of a matching build
+_VERSION = 8  # lorif_kernel_version() of a matching build
 _TILE = 16  # rows per tile in the kernels; thread chunks are cut at multiples of it
 _GROUP_SLOTS = 8 * 8 + 1  # the bounded pass's per-query accumulators (16 floats each)
 _P = ctypes.c_void_p
@@ -143,7 +143,7 @@ class FusedInt8Scan:
             self._bounded.argtypes += [_P, _P, _I64, _P, _P, _I32, _P, _P, _P, _I64, _P, _I64]
             self._bounded.restype = None
             self._tiles = library.lorif_bounded_tiles
-            self._tiles.argtypes = self._bounded.argtypes
+            self._tiles.argtypes = [*self._bounded.argtypes, _P, _P, _I32]
             self._tiles.restype = None
             self._tile_rows = library.lorif_tile_rows
             self._tile_rows.argtypes = [_P, _I64, _I64, _P, _I32, _P, _P]
@@ -264,11 +264,12 @@ class FusedInt8Scan:
         approx: torch.Tensor,
         margin: torch.Tensor,
         tiled: bool = False,
+        levels: int = 1,
     ) -> None:
         """(B, n) approximate scores and their error bounds: |exact − approx| ≤ margin.
 
         ``norms``: ``row_norms`` of the same rows and layers. ``tiled``: the rows are whole
-        tiles (``tile_rows``).
+        tiles (``tile_rows``). ``levels``: 2 adds the query's second int8 level (tiles only).
         """
         bounded = query.bounded
         if bounded is None:
@@ -281,7 +282,11 @@ class FusedInt8Scan:
 
         if tiled and rows.shape[0] % _TILE:
             raise ValueError(f"tiled rows come in whole tiles of {_TILE}")
+        if levels not in (1, 2) or (levels == 2 and not tiled):
+            raise ValueError("two query levels are for tiled rows only")
         fn = self._tiles if tiled else self._bounded
+        eps = bounded.fine_eps if levels == 2 else bounded.eps
+        extra = (bounded.fine.data_ptr(), bounded.fine_negated.data_ptr(), levels) if tiled else ()
         corr, corr_offsets = (
             (bounded.negated, bounded.neg_offsets)
             if tiled
@@ -304,7 +309,7 @@ class FusedInt8Scan:
                 corr_offsets.data_ptr(),
                 corr.stride(0),
                 bounded.scales.data_ptr(),
-                bounded.eps.data_ptr(),
+                eps.data_ptr(),
                 query.batch,
                 norms.data_ptr() + 4 * start * norms.shape[1],
                 approx.data_ptr() + 4 * start,
@@ -312,6 +317,7 @@ class FusedInt8Scan:
                 approx.stride(0),
                 work.data_ptr(),
                 work.shape[0],
+                *extra,
             )
 
         self._across_threads(query, rows.shape[0], run)

@@ -9,38 +9,69 @@ import torch
 
 @dataclass
 class BoundedQuery:
-    """The int8 form of the queries for the bounded pass, with each layer's error term."""
+    """The int8 form of the queries for the bounded pass, with each layer's error term.
+
+    One level: H ≈ s_H·H8. Two levels (tiles only): H ≈ s_H·(H8 + H8'/128), the second
+    code H8' quantizing what the first leaves, ≈ 1/128 of its error for twice the work.
+    """
 
     offsets: torch.Tensor  # (layers,) int64 byte offset of a layer's packed H8, -1: float
     packed: torch.Tensor  # (B, bytes) int8, H8 laid (db/4, da rounded up to 16, 4) per layer
     corr_offsets: torch.Tensor  # (layers,) int64 offset of a layer's corrections
-    corrections: torch.Tensor  # (B, Σ da) int32, 128·Σ_j H8_ij (the kernel's unsigned b)
+    corrections: torch.Tensor  # (B, Σ lanes) int32, 128·Σ_j H8_ij (the row pass's unsigned b)
     scales: torch.Tensor  # (B, layers) float32 s_H
     eps: torch.Tensor  # (B, layers) float32 bound on |score error| per unit of row norm
     # The tiled pass's corrections: (B, Σ da) int32 −128·Σ_j H8_ij (−1: scored in float).
     neg_offsets: torch.Tensor
     negated: torch.Tensor
+    fine: torch.Tensor  # (B, bytes) int8 H8', laid out as ``packed``
+    fine_negated: torch.Tensor  # (B, Σ da) int32 −128·Σ_j H8'_ij, at ``neg_offsets``
+    fine_eps: torch.Tensor  # (B, layers) float32, the two-level bound's eps
 
 
 _UNIT = 2.0**-24  # float32 unit roundoff
+_FINE = 128.0  # the second level's codes count 1/128 of the first's
+
+
+def _round_up(eps: torch.Tensor) -> torch.Tensor:
+    """+0.1 % for the float32 rounding of the bound itself, then the next float32 up."""
+    up = (eps * 1.001).to(torch.float32)
+    return torch.nextafter(up, torch.full((1,), float("inf"), dtype=torch.float32)).contiguous()
+
+
+def _packed(codes: torch.Tensor, da: int, db: int) -> torch.Tensor:
+    """(B, da, db) codes laid (db/4, lanes, 4), lanes = da rounded up to 16 (zeros past da)."""
+    batch = codes.shape[0]
+    lanes = -(-da // 16) * 16
+    signed = torch.zeros(batch, lanes, db, dtype=torch.int8)
+    signed[:, :da] = codes.to(torch.int8)
+    return signed.reshape(batch, lanes, db // 4, 4).permute(0, 2, 1, 3).reshape(batch, -1)
 
 
 def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int) -> BoundedQuery:
-    """Per layer and query: H8 = round(H / s_H), s_H = max|H| / 127, and the error term.
+    """Per layer and query: H8 = round(H / s_H), s_H = max|H| / 127, H8' = round((H −
+    s_H·H8) / (s_H/128)), and the error terms of both levels.
 
-    eps = ‖H − s_H·H8‖₂ (spectral norm, float64) + a float32 rounding term that covers both
-    this pass and the exact kernel: 2⁻²³ · (c·(da + db) + (c + 1)·layers + 16) · ‖H‖_F, the
-    standard bound on a sum of that depth (a product's lanes, then c·layers partial sums),
-    with ‖H‖_F ≥ ‖|H|‖₂. For any row,
-    |⟨H, Σ_k a_k b_kᵀ⟩ − ⟨s_H·H8, Σ_k a_k b_kᵀ⟩| ≤ ‖ΔH‖₂ · Σ_k ‖a_k‖‖b_k‖ (Cauchy–Schwarz
-    on each component), so eps times the row's Σ_k ‖a_k‖‖b_k‖ bounds the difference
-    between the two computed scores. eps is rounded up by 0.1 % for the float32 rounding of
-    the bound itself.
+    eps = ‖H − Ĥ‖₂ (spectral norm, float64, Ĥ the quantized query) + a float32 rounding
+    term that covers both this pass and the exact kernel: 2⁻²³ · depth · ‖H‖_F with depth =
+    c·(da + db) + (c + 1)·layers + 16 (twice the products for two levels), the standard bound
+    on a sum of that depth (a product's lanes, then c·layers partial sums), with
+    ‖H‖_F ≥ ‖|H|‖₂. For any row, |⟨H − Ĥ, Σ_k a_k b_kᵀ⟩| ≤ ‖H − Ĥ‖₂ · Σ_k ‖a_k‖‖b_k‖
+    (Cauchy–Schwarz on each component), so eps times the row's Σ_k ‖a_k‖‖b_k‖ bounds the
+    difference between the two computed scores.
     """
     batch = parts[0].shape[0]
-    offsets, packed, scales, eps = [], [], [], []
-    corr_offsets, corrections = [], []
-    neg_offsets, negated = [], []
+    offsets: list[int] = []
+    corr_offsets: list[int] = []
+    neg_offsets: list[int] = []
+    packed: list[torch.Tensor] = []
+    fine: list[torch.Tensor] = []
+    scales: list[torch.Tensor] = []
+    eps: list[torch.Tensor] = []
+    fine_eps: list[torch.Tensor] = []
+    corrections: list[torch.Tensor] = []
+    negated: list[torch.Tensor] = []
+    fine_negated: list[torch.Tensor] = []
     position = corr_position = neg_position = 0
     for index in range(layers):
         _, _, c, da, db = (int(v) for v in meta[index, :5])
@@ -49,32 +80,36 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
         rounding = 2.0 * _UNIT * depth * torch.linalg.matrix_norm(h)
         integer = db % 4 == 0 and db <= 1024 and c <= 256 and int(meta[index, 1]) >= 0
         if not integer:
-            offsets.append(-1)
-            corr_offsets.append(-1)
-            neg_offsets.append(-1)
+            for offsets_list in (offsets, corr_offsets, neg_offsets):
+                offsets_list.append(-1)
             scales.append(torch.ones(batch, dtype=torch.float64))
             eps.append(rounding)
+            fine_eps.append(rounding)
             continue
         scale = (h.abs().amax(dim=(1, 2)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
         scale = scale.to(torch.float32).to(torch.float64)  # the value the kernel multiplies by
-        codes = torch.round(h / scale[:, None, None]).clamp_(-127, 127)
-        error = torch.linalg.matrix_norm(h - codes * scale[:, None, None], ord=2)
-        lanes = -(-da // 16) * 16  # whole 16-lane registers; the lanes past da are zero
-        signed = torch.zeros(batch, lanes, db, dtype=torch.int8)
-        signed[:, :da] = codes.to(torch.int8)
-        layout = signed.reshape(batch, lanes, db // 4, 4).permute(0, 2, 1, 3)
-        packed.append(layout.reshape(batch, -1))
+        s = scale[:, None, None]
+        codes = torch.round(h / s).clamp_(-127, 127)
+        rest = torch.round((h - codes * s) / (s / _FINE)).clamp_(-127, 127)
+        error = torch.linalg.matrix_norm(h - codes * s, ord=2)
+        fine_error = torch.linalg.matrix_norm(h - (codes + rest / _FINE) * s, ord=2)
+        packed.append(_packed(codes, da, db))
+        fine.append(_packed(rest, da, db))
         offsets.append(position)
-        position += lanes * db
-        corrections.append((128 * signed.to(torch.int32).sum(dim=2)).to(torch.int32))
+        position += packed[-1].shape[1]
+        lanes = -(-da // 16) * 16
+        corr = torch.zeros(batch, lanes, dtype=torch.int32)
+        corr[:, :da] = (128 * codes.sum(dim=2)).to(torch.int32)
+        corrections.append(corr)
         corr_offsets.append(corr_position)
         corr_position += lanes
         negated.append((-128 * codes.sum(dim=2)).to(torch.int32))
+        fine_negated.append((-128 * rest.sum(dim=2)).to(torch.int32))
         neg_offsets.append(neg_position)
         neg_position += da
         scales.append(scale)
         eps.append(error + rounding)
-    margin = torch.stack(eps, dim=1) * 1.001
+        fine_eps.append(fine_error + 2 * rounding)
 
     def joined(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         return torch.cat(parts, dim=1).contiguous() if parts else torch.zeros(batch, 1, dtype=dtype)
@@ -85,9 +120,10 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
         torch.tensor(corr_offsets, dtype=torch.int64),
         joined(corrections, torch.int32),
         torch.stack(scales, dim=1).to(torch.float32).contiguous(),
-        torch.nextafter(
-            margin.to(torch.float32), torch.full((1,), float("inf"), dtype=torch.float32)
-        ).contiguous(),
+        _round_up(torch.stack(eps, dim=1)),
         torch.tensor(neg_offsets, dtype=torch.int64),
         joined(negated, torch.int32),
+        joined(fine, torch.int8),
+        joined(fine_negated, torch.int32),
+        _round_up(torch.stack(fine_eps, dim=1)),
     )

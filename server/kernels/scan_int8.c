@@ -103,7 +103,7 @@ static void layer_to_float(const int8_t *row, const int64_t *m, float *af, float
 
 enum { META = 8, TILE = 8 };
 
-int32_t lorif_kernel_version(void) { return 7; }
+int32_t lorif_kernel_version(void) { return 8; }
 
 /* meta, per layer: a offset, b offset (-1: a dense layer, b = 1), c, da, db,
  * byte offset of the a scale, of the b scale (-1: 1), offset of H in a query's block.
@@ -782,15 +782,14 @@ static void prefetch_layer(const int8_t *quad, int64_t t0, int64_t n_rows, int64
     }
 }
 
-/* An integer layer over nq tiles: acc[j] += (per-row products) * s_a * s_b * s_H. With c a
- * multiple of 4 the register block runs over a tile's components; otherwise (c = 1 at
- * SmolLM2 dims) over one component of four tiles, so each loaded query code still feeds
+/* One level of an integer layer over nq tiles, into part[j] (four partial sums per tile).
+ * With c a multiple of 4 the register block runs over a tile's components; otherwise (c = 1
+ * at SmolLM2 dims) over one component of four tiles, so each loaded query code still feeds
  * four rows' vectors. */
-static void integer_layer(const int8_t *quad, int64_t nq, int64_t tile_bytes, const int64_t *m,
-                          const int8_t *h8, const int32_t *nc, float sh, __m512 acc[QUAD])
+static void integer_level(const int8_t *quad, int64_t nq, int64_t tile_bytes, const int64_t *m,
+                          const int8_t *h8, const int32_t *nc, __m512 part[QUAD][4])
 {
     const int64_t c = m[2], da = m[3], db = m[4], step = ((da + 15) / 16) * 64;
-    __m512 part[QUAD][4];
     for (int64_t j = 0; j < QUAD; j++)
         for (int q = 0; q < 4; q++) part[j][q] = _mm512_setzero_ps();
     if (c % 4 && nq == QUAD && da % 4 == 0 && db > 0) {
@@ -804,10 +803,27 @@ static void integer_layer(const int8_t *quad, int64_t nq, int64_t tile_bytes, co
     } else {
         for (int64_t j = 0; j < nq; j++) tile_layer(quad + j * tile_bytes, m, h8, nc, part[j]);
     }
+}
+
+static __m512 sum4(const __m512 p[4])
+{
+    return _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3]));
+}
+
+/* An integer layer over nq tiles: acc[j] += (per-row products) * s_a * s_b * s_H; with a
+ * second level (fine != NULL), the products with H8' / 128 are added first (exact: a
+ * power of two). */
+static void integer_layer(const int8_t *quad, int64_t nq, int64_t tile_bytes, const int64_t *m,
+                          const int8_t *h8, const int32_t *nc, const int8_t *fine,
+                          const int32_t *fine_nc, float sh, __m512 acc[QUAD])
+{
+    __m512 part[QUAD][4], rest[QUAD][4];
+    integer_level(quad, nq, tile_bytes, m, h8, nc, part);
+    if (fine != NULL) integer_level(quad, nq, tile_bytes, m, fine, fine_nc, rest);
     for (int64_t j = 0; j < nq; j++) {
         const int8_t *tile = quad + j * tile_bytes;
-        const __m512 t = _mm512_add_ps(_mm512_add_ps(part[j][0], part[j][1]),
-                                       _mm512_add_ps(part[j][2], part[j][3]));
+        __m512 t = sum4(part[j]);
+        if (fine != NULL) t = _mm512_fmadd_ps(sum4(rest[j]), _mm512_set1_ps(1.0f / 128), t);
         const __m512 sa = _mm512_loadu_ps((const float *)(tile + 16 * m[5]));
         const __m512 sb = _mm512_loadu_ps((const float *)(tile + 16 * m[6]));
         acc[j] = _mm512_fmadd_ps(t, _mm512_mul_ps(_mm512_mul_ps(sa, sb), _mm512_set1_ps(sh)),
@@ -841,14 +857,16 @@ static void float_layer(const int8_t *tile, const int64_t *m, const float *H, fl
 /* The bounded pass over whole tiles, four at a time (n_rows a multiple of 16; rows: the
  * first tile's start). Arguments as lorif_bounded_int8, except the corrections: ncorr
  * (B, Σ da) int32, -128 * Σ_j H8_ij, at nc_offsets. work: c * (da + db) + 1 floats per
- * layer (the float layers). */
+ * layer (the float layers). levels 2: the second level's codes fine (as h8) and their
+ * corrections fine_nc (as ncorr) are added; eps must then be the two-level bound's. */
 void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                          const int64_t *meta, const int64_t *h8_offsets, int32_t n_layers,
                          const float *hq, int64_t hq_stride, const int8_t *h8,
                          int64_t h8_stride, const int32_t *ncorr, const int64_t *nc_offsets,
                          int64_t nc_stride, const float *hscale, const float *eps,
                          int32_t batch, const float *norms, float *approx, float *margin,
-                         int64_t out_stride, float *work, int64_t work_floats)
+                         int64_t out_stride, float *work, int64_t work_floats,
+                         const int8_t *fine, const int32_t *fine_nc, int32_t levels)
 {
     (void)work_floats;
     const int64_t tile_bytes = RT * row_bytes;
@@ -864,8 +882,11 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                 const int64_t *m = meta + META * l;
                 if (bq == 0) prefetch_layer(quad, t0, n_rows, row_bytes, m);
                 if (h8_offsets[l] >= 0) {
+                    const int two = levels == 2;
                     integer_layer(quad, nq, tile_bytes, m, h8 + bq * h8_stride + h8_offsets[l],
                                   ncorr + bq * nc_stride + nc_offsets[l],
+                                  two ? fine + bq * h8_stride + h8_offsets[l] : NULL,
+                                  two ? fine_nc + bq * nc_stride + nc_offsets[l] : NULL,
                                   hscale[bq * n_layers + l], acc);
                     continue;
                 }
