@@ -48,6 +48,15 @@ SECTIONS = [
         "time to read its resident bytes. `python -m benchmarks.scan_kernels`",
     ),
     (
+        "scan_kernels-smollm2",
+        "CPU scan kernels at SmolLM2-135M dims",
+        "The same, over 100 k random int8 rows at SmolLM2-135M dims (f = 8, c = 1, 210 layers, "
+        "39,840 bytes per row) with random queries, B = 1. Random rows make the one-level "
+        "bound prune little (the row pass rescored half the rows); the tiled pass's probe "
+        "takes two query levels. `python -m benchmarks.scan_kernels --smollm2-rows 100000 "
+        "--batches 1 --no-http`",
+    ),
+    (
         "bound_width",
         "The bounded pass's bound on real queries",
         "How wide the int8 query's error bound is against the spread of the exact scores, and "

@@ -356,7 +356,7 @@ void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
  * multiple of 4, and the float scales), where element e = o - o % 4 moves to 16 * e + 4 * r
  * + o % 4. So one 16-byte load is element i of the a codes of 16 rows, one 64-byte load four
  * b codes of 16 rows, and one 64-byte load a scale of 16 rows. */
-enum { RT = 16, QUAD = 4, AHEAD = 1 }; /* rows per tile, tiles per step, steps read ahead */
+enum { RT = 16, QUAD = 4 }; /* rows per tile, tiles per step */
 
 static int four_byte_b(const int64_t *m) { return m[1] >= 0 && m[4] % 4 == 0; }
 
@@ -446,7 +446,6 @@ void lorif_untile_rows(const int8_t *rows, int64_t n_tiled, int64_t row_bytes,
 /* y_i += (b + 128) . H8_i over four codes of 16 rows, H8_i broadcast from memory */
 #define DPBM(Y, BV, P) __asm__("vpdpbusd %1%{1to16%}, %2, %0" : "+v"(Y) : "m"(*(const int32_t *)(P)), "v"(BV))
 
-#define DPB(Y, U, S) Y = _mm512_dpbusd_epi32(Y, U, S)
 /* a 32-bit broadcast straight from memory (the compiler would go through a general
  * register, which costs more than the broadcast itself) */
 static inline __m512i bcast4(const void *p)
@@ -765,21 +764,18 @@ static void tile_layer(const int8_t *tile, const int64_t *m, const int8_t *h8,
  * demand misses cannot keep enough reads in flight to stream at the memory's rate. */
 static inline void prefetch_bytes(const int8_t *p, int64_t n)
 {
-    for (int64_t o = 0; o < n; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T1);
+    for (int64_t o = 0; o < n; o += 64) __asm__ volatile("prefetcht1 %0" : : "m"(p[o]));
 }
 
-/* Layer m's bytes of the tiles AHEAD quads on (a stretch of the index read in order). */
-static void prefetch_layer(const int8_t *quad, int64_t t0, int64_t n_rows, int64_t row_bytes,
-                           const int64_t *m)
+/* Layer m's bytes of one tile (the same tile of the next quad, read in order), asked for
+ * tile by tile so that the requests spread over the pass instead of arriving in bursts. */
+static void prefetch_tile(const int8_t *next, const int64_t *m)
 {
-    const int64_t tiles = (n_rows - t0) / RT;
-    for (int64_t j = AHEAD * QUAD; j < (AHEAD + 1) * QUAD && j < tiles; j++) {
-        const int8_t *next = quad + j * RT * row_bytes;
-        prefetch_bytes(next + 16 * m[0], 16 * m[2] * m[3]);
-        if (m[1] >= 0) prefetch_bytes(next + 16 * m[1], 16 * m[2] * m[4]);
-        prefetch_bytes(next + 16 * m[5], 64);
-        if (m[6] >= 0) prefetch_bytes(next + 16 * m[6], 64);
-    }
+    if (next == NULL) return;
+    prefetch_bytes(next + 16 * m[0], 16 * m[2] * m[3]);
+    if (m[1] >= 0) prefetch_bytes(next + 16 * m[1], 16 * m[2] * m[4]);
+    prefetch_bytes(next + 16 * m[5], 64);
+    if (m[6] >= 0) prefetch_bytes(next + 16 * m[6], 64);
 }
 
 /* One level of an integer layer over nq tiles, into part[j] (four partial sums per tile).
@@ -787,12 +783,14 @@ static void prefetch_layer(const int8_t *quad, int64_t t0, int64_t n_rows, int64
  * at SmolLM2 dims) over one component of four tiles, so each loaded query code still feeds
  * four rows' vectors. */
 static void integer_level(const int8_t *quad, int64_t nq, int64_t tile_bytes, const int64_t *m,
-                          const int8_t *h8, const int32_t *nc, __m512 part[QUAD][4])
+                          const int8_t *h8, const int32_t *nc, __m512 part[QUAD][4],
+                          int64_t ahead, int64_t dist)
 {
     const int64_t c = m[2], da = m[3], db = m[4], step = ((da + 15) / 16) * 64;
     for (int64_t j = 0; j < QUAD; j++)
         for (int q = 0; q < 4; q++) part[j][q] = _mm512_setzero_ps();
     if (c % 4 && nq == QUAD && da % 4 == 0 && db > 0) {
+        for (int64_t j = 0; j < ahead; j++) prefetch_tile(quad + (dist + j) * tile_bytes, m);
         for (int64_t k = 0; k < c; k++)
             for (int64_t i0 = 0; i0 < da; i0 += 4) {
                 __m512 t[4] = {part[0][0], part[1][0], part[2][0], part[3][0]};
@@ -801,7 +799,10 @@ static void integer_level(const int8_t *quad, int64_t nq, int64_t tile_bytes, co
                 for (int64_t j = 0; j < QUAD; j++) part[j][0] = t[j];
             }
     } else {
-        for (int64_t j = 0; j < nq; j++) tile_layer(quad + j * tile_bytes, m, h8, nc, part[j]);
+        for (int64_t j = 0; j < nq; j++) {
+            if (j < ahead) prefetch_tile(quad + (dist + j) * tile_bytes, m);
+            tile_layer(quad + j * tile_bytes, m, h8, nc, part[j]);
+        }
     }
 }
 
@@ -815,11 +816,12 @@ static __m512 sum4(const __m512 p[4])
  * power of two). */
 static void integer_layer(const int8_t *quad, int64_t nq, int64_t tile_bytes, const int64_t *m,
                           const int8_t *h8, const int32_t *nc, const int8_t *fine,
-                          const int32_t *fine_nc, float sh, __m512 acc[QUAD])
+                          const int32_t *fine_nc, float sh, __m512 acc[QUAD], int64_t ahead,
+                          int64_t dist)
 {
     __m512 part[QUAD][4], rest[QUAD][4];
-    integer_level(quad, nq, tile_bytes, m, h8, nc, part);
-    if (fine != NULL) integer_level(quad, nq, tile_bytes, m, fine, fine_nc, rest);
+    integer_level(quad, nq, tile_bytes, m, h8, nc, part, ahead, dist);
+    if (fine != NULL) integer_level(quad, nq, tile_bytes, m, fine, fine_nc, rest, 0, dist);
     for (int64_t j = 0; j < nq; j++) {
         const int8_t *tile = quad + j * tile_bytes;
         __m512 t = sum4(part[j]);
@@ -870,29 +872,41 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
 {
     (void)work_floats;
     const int64_t tile_bytes = RT * row_bytes;
-    for (int64_t t0 = 0; t0 < n_rows; t0 += QUAD * RT) {
-        const int64_t nq = (n_rows - t0) / RT < QUAD ? (n_rows - t0) / RT : QUAD;
+    /* Four tiles at a time only where a layer needs them (c not a multiple of 4): else tile
+     * by tile, which reads the index in order; the tiles dist on are asked for ahead. */
+    int64_t group = 1;
+    for (int32_t l = 0; l < n_layers; l++) {
+        const int64_t *m = meta + META * l;
+        if (h8_offsets[l] >= 0 && m[2] % 4 && m[3] % 4 == 0) group = QUAD;
+    }
+    const int64_t dist = group == 1 ? 2 : QUAD, tiles = n_rows / RT;
+    for (int64_t t0 = 0; t0 < n_rows; t0 += group * RT) {
+        const int64_t left = (n_rows - t0) / RT, nq = left < group ? left : group;
         const int8_t *quad = rows + t0 * row_bytes;
+        const int64_t later = tiles - (t0 / RT + dist); /* tiles j < later have one dist on */
         for (int32_t bq = 0; bq < batch; bq++) {
+            /* the first query's pass asks for them */
+            const int64_t ahead = bq > 0 || later <= 0 ? 0 : (later < nq ? later : nq);
             __m512 acc[QUAD];
             float *out = approx + bq * out_stride + t0;
             for (int64_t j = 0; j < QUAD; j++) acc[j] = _mm512_setzero_ps();
             for (int64_t r = 0; r < nq * RT; r++) out[r] = 0.0f;
             for (int32_t l = 0; l < n_layers; l++) {
                 const int64_t *m = meta + META * l;
-                if (bq == 0) prefetch_layer(quad, t0, n_rows, row_bytes, m);
                 if (h8_offsets[l] >= 0) {
                     const int two = levels == 2;
                     integer_layer(quad, nq, tile_bytes, m, h8 + bq * h8_stride + h8_offsets[l],
                                   ncorr + bq * nc_stride + nc_offsets[l],
                                   two ? fine + bq * h8_stride + h8_offsets[l] : NULL,
                                   two ? fine_nc + bq * nc_stride + nc_offsets[l] : NULL,
-                                  hscale[bq * n_layers + l], acc);
+                                  hscale[bq * n_layers + l], acc, ahead, dist);
                     continue;
                 }
-                for (int64_t j = 0; j < nq; j++)
+                for (int64_t j = 0; j < nq; j++) {
+                    if (j < ahead) prefetch_tile(quad + (dist + j) * tile_bytes, m);
                     float_layer(quad + j * tile_bytes, m, hq + bq * hq_stride + m[7], work,
                                 out + j * RT);
+                }
             }
             for (int64_t j = 0; j < nq; j++) {
                 float lanes[RT];
