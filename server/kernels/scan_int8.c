@@ -458,261 +458,99 @@ static inline __m512i bcast4(const void *p)
     T = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(A8)), _mm512_cvtepi32_ps(Y), T)
 
 /* Four groups x four elements of da (i0 .. i0+3; da a multiple of 4): per four codes of db,
- * 4 loads of b (16 rows each) and 4 broadcasts of H8 feed 16 integer products from registers.
- * The groups are four components of one tile (sa = 16 da, sb = 16 db apart) or one component
- * of four tiles (sa = sb = a tile's bytes apart). Written out in assembly because the
- * compiler, left to itself, shuffles the 16 accumulators between registers on every step.
- * ta, tb: group 0's a (at element i0) and b; h, nc: the query's codes and -corr at i0.
- * block4_elements adds element i's products into t[i] (the groups share rows),
- * block4_tiles group g's into t[g] (each group its own rows). */
-static inline void block4_elements(const int8_t *ta, const int8_t *tb, int64_t sa, int64_t sb,
-                               int64_t db, const int8_t *h, int64_t step, const int32_t *nc,
-                               __m512 t[4])
+ * 4 loads of b (16 rows each) and 4 broadcasts of H8 feed 16 integer products from registers
+ * (accumulator zmm(4g + i) for group g, element i). The groups are four components of one
+ * tile (sa = 16 da, sb = 16 db apart) or one component of four tiles (sa = sb = a tile's
+ * bytes apart). Written out in assembly because the compiler, left to itself, shuffles the
+ * 16 accumulators between registers on every step. ta, tb: group 0's a (at element i0) and
+ * b; h, nc: the query's codes and -corr at i0. by_tile: group g's products go to t[g] (each
+ * group its own rows), else element i's to t[i] (the groups share rows). */
+#define BLOCK4_LOOP \
+    "vpbroadcastd 0(%[nc]), %%zmm0\n\t" \
+    "vmovdqa64 %%zmm0, %%zmm4\n\t" \
+    "vmovdqa64 %%zmm0, %%zmm8\n\t" \
+    "vmovdqa64 %%zmm0, %%zmm12\n\t" \
+    "vpbroadcastd 4(%[nc]), %%zmm1\n\t" \
+    "vmovdqa64 %%zmm1, %%zmm5\n\t" \
+    "vmovdqa64 %%zmm1, %%zmm9\n\t" \
+    "vmovdqa64 %%zmm1, %%zmm13\n\t" \
+    "vpbroadcastd 8(%[nc]), %%zmm2\n\t" \
+    "vmovdqa64 %%zmm2, %%zmm6\n\t" \
+    "vmovdqa64 %%zmm2, %%zmm10\n\t" \
+    "vmovdqa64 %%zmm2, %%zmm14\n\t" \
+    "vpbroadcastd 12(%[nc]), %%zmm3\n\t" \
+    "vmovdqa64 %%zmm3, %%zmm7\n\t" \
+    "vmovdqa64 %%zmm3, %%zmm11\n\t" \
+    "vmovdqa64 %%zmm3, %%zmm15\n\t" \
+    "1:\n\t" \
+    "vmovdqu64 (%[b]), %%zmm16\n\t" \
+    "vmovdqu64 (%[b],%[sb]), %%zmm17\n\t" \
+    "vmovdqu64 (%[b],%[sb],2), %%zmm18\n\t" \
+    "vmovdqu64 (%[b3]), %%zmm19\n\t" \
+    "vpbroadcastd 0(%[h]), %%zmm20\n\t" \
+    "vpbroadcastd 4(%[h]), %%zmm21\n\t" \
+    "vpbroadcastd 8(%[h]), %%zmm22\n\t" \
+    "vpbroadcastd 12(%[h]), %%zmm23\n\t" \
+    "vpdpbusd %%zmm20, %%zmm16, %%zmm0\n\t" "vpdpbusd %%zmm21, %%zmm16, %%zmm1\n\t" "vpdpbusd %%zmm22, %%zmm16, %%zmm2\n\t" "vpdpbusd %%zmm23, %%zmm16, %%zmm3\n\t" \
+    "vpdpbusd %%zmm20, %%zmm17, %%zmm4\n\t" "vpdpbusd %%zmm21, %%zmm17, %%zmm5\n\t" "vpdpbusd %%zmm22, %%zmm17, %%zmm6\n\t" "vpdpbusd %%zmm23, %%zmm17, %%zmm7\n\t" \
+    "vpdpbusd %%zmm20, %%zmm18, %%zmm8\n\t" "vpdpbusd %%zmm21, %%zmm18, %%zmm9\n\t" "vpdpbusd %%zmm22, %%zmm18, %%zmm10\n\t" "vpdpbusd %%zmm23, %%zmm18, %%zmm11\n\t" \
+    "vpdpbusd %%zmm20, %%zmm19, %%zmm12\n\t" "vpdpbusd %%zmm21, %%zmm19, %%zmm13\n\t" "vpdpbusd %%zmm22, %%zmm19, %%zmm14\n\t" "vpdpbusd %%zmm23, %%zmm19, %%zmm15\n\t" \
+    "addq $64, %[b]\n\t" "addq $64, %[b3]\n\t" "addq %[step], %[h]\n\t" \
+    "decq %[n]\n\t" "jnz 1b\n\t"
+#define PRODUCT4(A, Y, T)                                                      \
+    "vpmovsxbd " A ", %%zmm16\n\t" "vcvtdq2ps %%zmm16, %%zmm16\n\t"             \
+    "vcvtdq2ps %%zmm" Y ", %%zmm" Y "\n\t" "vfmadd231ps %%zmm" Y ", %%zmm16, %[t" T "]\n\t"
+#define BY_ELEMENT \
+    PRODUCT4("(%[a])", "0", "0") \
+    PRODUCT4("16(%[a])", "1", "1") \
+    PRODUCT4("32(%[a])", "2", "2") \
+    PRODUCT4("48(%[a])", "3", "3") \
+    PRODUCT4("(%[a],%[sa])", "4", "0") \
+    PRODUCT4("16(%[a],%[sa])", "5", "1") \
+    PRODUCT4("32(%[a],%[sa])", "6", "2") \
+    PRODUCT4("48(%[a],%[sa])", "7", "3") \
+    PRODUCT4("(%[a],%[sa],2)", "8", "0") \
+    PRODUCT4("16(%[a],%[sa],2)", "9", "1") \
+    PRODUCT4("32(%[a],%[sa],2)", "10", "2") \
+    PRODUCT4("48(%[a],%[sa],2)", "11", "3") \
+    PRODUCT4("(%[a3])", "12", "0") \
+    PRODUCT4("16(%[a3])", "13", "1") \
+    PRODUCT4("32(%[a3])", "14", "2") \
+    PRODUCT4("48(%[a3])", "15", "3")
+#define BY_TILE \
+    PRODUCT4("(%[a])", "0", "0") \
+    PRODUCT4("16(%[a])", "1", "0") \
+    PRODUCT4("32(%[a])", "2", "0") \
+    PRODUCT4("48(%[a])", "3", "0") \
+    PRODUCT4("(%[a],%[sa])", "4", "1") \
+    PRODUCT4("16(%[a],%[sa])", "5", "1") \
+    PRODUCT4("32(%[a],%[sa])", "6", "1") \
+    PRODUCT4("48(%[a],%[sa])", "7", "1") \
+    PRODUCT4("(%[a],%[sa],2)", "8", "2") \
+    PRODUCT4("16(%[a],%[sa],2)", "9", "2") \
+    PRODUCT4("32(%[a],%[sa],2)", "10", "2") \
+    PRODUCT4("48(%[a],%[sa],2)", "11", "2") \
+    PRODUCT4("(%[a3])", "12", "3") \
+    PRODUCT4("16(%[a3])", "13", "3") \
+    PRODUCT4("32(%[a3])", "14", "3") \
+    PRODUCT4("48(%[a3])", "15", "3")
+#define BLOCK4_OPERANDS                                                                      \
+    : [b] "+r"(b), [b3] "+r"(b3), [h] "+r"(h), [n] "+r"(n), [t0] "+v"(t0), [t1] "+v"(t1),   \
+      [t2] "+v"(t2), [t3] "+v"(t3)                                                          \
+    : [a] "r"(ta), [a3] "r"(a3), [sa] "r"(sa), [sb] "r"(sb), [step] "r"(step), [nc] "r"(nc) \
+    : "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17", "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23", "cc", "memory"
+
+static inline void block4(const int8_t *ta, const int8_t *tb, int64_t sa, int64_t sb,
+                          int64_t db, const int8_t *h, int64_t step, const int32_t *nc,
+                          __m512 t[4], int by_tile)
 {
     const int8_t *a3 = ta + 3 * sa, *b3 = tb + 3 * sb, *b = tb;
     int64_t n = db / 4;
     __m512 t0 = t[0], t1 = t[1], t2 = t[2], t3 = t[3];
-    __asm__ volatile(
-        "vpbroadcastd 0(%[nc]), %%zmm0\n\t"
-        "vmovdqa64 %%zmm0, %%zmm4\n\t"
-        "vmovdqa64 %%zmm0, %%zmm8\n\t"
-        "vmovdqa64 %%zmm0, %%zmm12\n\t"
-        "vpbroadcastd 4(%[nc]), %%zmm1\n\t"
-        "vmovdqa64 %%zmm1, %%zmm5\n\t"
-        "vmovdqa64 %%zmm1, %%zmm9\n\t"
-        "vmovdqa64 %%zmm1, %%zmm13\n\t"
-        "vpbroadcastd 8(%[nc]), %%zmm2\n\t"
-        "vmovdqa64 %%zmm2, %%zmm6\n\t"
-        "vmovdqa64 %%zmm2, %%zmm10\n\t"
-        "vmovdqa64 %%zmm2, %%zmm14\n\t"
-        "vpbroadcastd 12(%[nc]), %%zmm3\n\t"
-        "vmovdqa64 %%zmm3, %%zmm7\n\t"
-        "vmovdqa64 %%zmm3, %%zmm11\n\t"
-        "vmovdqa64 %%zmm3, %%zmm15\n\t"
-        "1:\n\t"
-        "vmovdqu64 (%[b]), %%zmm16\n\t"
-        "vmovdqu64 (%[b],%[sb]), %%zmm17\n\t"
-        "vmovdqu64 (%[b],%[sb],2), %%zmm18\n\t"
-        "vmovdqu64 (%[b3]), %%zmm19\n\t"
-        "vpbroadcastd 0(%[h]), %%zmm20\n\t"
-        "vpbroadcastd 4(%[h]), %%zmm21\n\t"
-        "vpbroadcastd 8(%[h]), %%zmm22\n\t"
-        "vpbroadcastd 12(%[h]), %%zmm23\n\t"
-        "vpdpbusd %%zmm20, %%zmm16, %%zmm0\n\t"
-        "vpdpbusd %%zmm21, %%zmm16, %%zmm1\n\t"
-        "vpdpbusd %%zmm22, %%zmm16, %%zmm2\n\t"
-        "vpdpbusd %%zmm23, %%zmm16, %%zmm3\n\t"
-        "vpdpbusd %%zmm20, %%zmm17, %%zmm4\n\t"
-        "vpdpbusd %%zmm21, %%zmm17, %%zmm5\n\t"
-        "vpdpbusd %%zmm22, %%zmm17, %%zmm6\n\t"
-        "vpdpbusd %%zmm23, %%zmm17, %%zmm7\n\t"
-        "vpdpbusd %%zmm20, %%zmm18, %%zmm8\n\t"
-        "vpdpbusd %%zmm21, %%zmm18, %%zmm9\n\t"
-        "vpdpbusd %%zmm22, %%zmm18, %%zmm10\n\t"
-        "vpdpbusd %%zmm23, %%zmm18, %%zmm11\n\t"
-        "vpdpbusd %%zmm20, %%zmm19, %%zmm12\n\t"
-        "vpdpbusd %%zmm21, %%zmm19, %%zmm13\n\t"
-        "vpdpbusd %%zmm22, %%zmm19, %%zmm14\n\t"
-        "vpdpbusd %%zmm23, %%zmm19, %%zmm15\n\t"
-        "addq $64, %[b]\n\t"
-        "addq $64, %[b3]\n\t"
-        "addq %[step], %[h]\n\t"
-        "decq %[n]\n\t"
-        "jnz 1b\n\t"
-        "vpmovsxbd (%[a]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm0, %%zmm0\n\t"
-        "vfmadd231ps %%zmm0, %%zmm16, %[t0]\n\t"
-        "vpmovsxbd 16(%[a]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm1, %%zmm1\n\t"
-        "vfmadd231ps %%zmm1, %%zmm16, %[t1]\n\t"
-        "vpmovsxbd 32(%[a]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm2, %%zmm2\n\t"
-        "vfmadd231ps %%zmm2, %%zmm16, %[t2]\n\t"
-        "vpmovsxbd 48(%[a]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm3, %%zmm3\n\t"
-        "vfmadd231ps %%zmm3, %%zmm16, %[t3]\n\t"
-        "vpmovsxbd (%[a],%[sa]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm4, %%zmm4\n\t"
-        "vfmadd231ps %%zmm4, %%zmm16, %[t0]\n\t"
-        "vpmovsxbd 16(%[a],%[sa]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm5, %%zmm5\n\t"
-        "vfmadd231ps %%zmm5, %%zmm16, %[t1]\n\t"
-        "vpmovsxbd 32(%[a],%[sa]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm6, %%zmm6\n\t"
-        "vfmadd231ps %%zmm6, %%zmm16, %[t2]\n\t"
-        "vpmovsxbd 48(%[a],%[sa]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm7, %%zmm7\n\t"
-        "vfmadd231ps %%zmm7, %%zmm16, %[t3]\n\t"
-        "vpmovsxbd (%[a],%[sa],2), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm8, %%zmm8\n\t"
-        "vfmadd231ps %%zmm8, %%zmm16, %[t0]\n\t"
-        "vpmovsxbd 16(%[a],%[sa],2), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm9, %%zmm9\n\t"
-        "vfmadd231ps %%zmm9, %%zmm16, %[t1]\n\t"
-        "vpmovsxbd 32(%[a],%[sa],2), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm10, %%zmm10\n\t"
-        "vfmadd231ps %%zmm10, %%zmm16, %[t2]\n\t"
-        "vpmovsxbd 48(%[a],%[sa],2), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm11, %%zmm11\n\t"
-        "vfmadd231ps %%zmm11, %%zmm16, %[t3]\n\t"
-        "vpmovsxbd (%[a3]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm12, %%zmm12\n\t"
-        "vfmadd231ps %%zmm12, %%zmm16, %[t0]\n\t"
-        "vpmovsxbd 16(%[a3]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm13, %%zmm13\n\t"
-        "vfmadd231ps %%zmm13, %%zmm16, %[t1]\n\t"
-        "vpmovsxbd 32(%[a3]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm14, %%zmm14\n\t"
-        "vfmadd231ps %%zmm14, %%zmm16, %[t2]\n\t"
-        "vpmovsxbd 48(%[a3]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm15, %%zmm15\n\t"
-        "vfmadd231ps %%zmm15, %%zmm16, %[t3]\n\t"
-        : [b] "+r"(b), [b3] "+r"(b3), [h] "+r"(h), [n] "+r"(n), [t0] "+v"(t0), [t1] "+v"(t1),
-          [t2] "+v"(t2), [t3] "+v"(t3)
-        : [a] "r"(ta), [a3] "r"(a3), [sa] "r"(sa), [sb] "r"(sb), [step] "r"(step), [nc] "r"(nc)
-        : "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17", "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23", "cc", "memory");
-    t[0] = t0, t[1] = t1, t[2] = t2, t[3] = t3;
-}
-
-
-static inline void block4_tiles(const int8_t *ta, const int8_t *tb, int64_t sa, int64_t sb,
-                               int64_t db, const int8_t *h, int64_t step, const int32_t *nc,
-                               __m512 t[4])
-{
-    const int8_t *a3 = ta + 3 * sa, *b3 = tb + 3 * sb, *b = tb;
-    int64_t n = db / 4;
-    __m512 t0 = t[0], t1 = t[1], t2 = t[2], t3 = t[3];
-    __asm__ volatile(
-        "vpbroadcastd 0(%[nc]), %%zmm0\n\t"
-        "vmovdqa64 %%zmm0, %%zmm4\n\t"
-        "vmovdqa64 %%zmm0, %%zmm8\n\t"
-        "vmovdqa64 %%zmm0, %%zmm12\n\t"
-        "vpbroadcastd 4(%[nc]), %%zmm1\n\t"
-        "vmovdqa64 %%zmm1, %%zmm5\n\t"
-        "vmovdqa64 %%zmm1, %%zmm9\n\t"
-        "vmovdqa64 %%zmm1, %%zmm13\n\t"
-        "vpbroadcastd 8(%[nc]), %%zmm2\n\t"
-        "vmovdqa64 %%zmm2, %%zmm6\n\t"
-        "vmovdqa64 %%zmm2, %%zmm10\n\t"
-        "vmovdqa64 %%zmm2, %%zmm14\n\t"
-        "vpbroadcastd 12(%[nc]), %%zmm3\n\t"
-        "vmovdqa64 %%zmm3, %%zmm7\n\t"
-        "vmovdqa64 %%zmm3, %%zmm11\n\t"
-        "vmovdqa64 %%zmm3, %%zmm15\n\t"
-        "1:\n\t"
-        "vmovdqu64 (%[b]), %%zmm16\n\t"
-        "vmovdqu64 (%[b],%[sb]), %%zmm17\n\t"
-        "vmovdqu64 (%[b],%[sb],2), %%zmm18\n\t"
-        "vmovdqu64 (%[b3]), %%zmm19\n\t"
-        "vpbroadcastd 0(%[h]), %%zmm20\n\t"
-        "vpbroadcastd 4(%[h]), %%zmm21\n\t"
-        "vpbroadcastd 8(%[h]), %%zmm22\n\t"
-        "vpbroadcastd 12(%[h]), %%zmm23\n\t"
-        "vpdpbusd %%zmm20, %%zmm16, %%zmm0\n\t"
-        "vpdpbusd %%zmm21, %%zmm16, %%zmm1\n\t"
-        "vpdpbusd %%zmm22, %%zmm16, %%zmm2\n\t"
-        "vpdpbusd %%zmm23, %%zmm16, %%zmm3\n\t"
-        "vpdpbusd %%zmm20, %%zmm17, %%zmm4\n\t"
-        "vpdpbusd %%zmm21, %%zmm17, %%zmm5\n\t"
-        "vpdpbusd %%zmm22, %%zmm17, %%zmm6\n\t"
-        "vpdpbusd %%zmm23, %%zmm17, %%zmm7\n\t"
-        "vpdpbusd %%zmm20, %%zmm18, %%zmm8\n\t"
-        "vpdpbusd %%zmm21, %%zmm18, %%zmm9\n\t"
-        "vpdpbusd %%zmm22, %%zmm18, %%zmm10\n\t"
-        "vpdpbusd %%zmm23, %%zmm18, %%zmm11\n\t"
-        "vpdpbusd %%zmm20, %%zmm19, %%zmm12\n\t"
-        "vpdpbusd %%zmm21, %%zmm19, %%zmm13\n\t"
-        "vpdpbusd %%zmm22, %%zmm19, %%zmm14\n\t"
-        "vpdpbusd %%zmm23, %%zmm19, %%zmm15\n\t"
-        "addq $64, %[b]\n\t"
-        "addq $64, %[b3]\n\t"
-        "addq %[step], %[h]\n\t"
-        "decq %[n]\n\t"
-        "jnz 1b\n\t"
-        "vpmovsxbd (%[a]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm0, %%zmm0\n\t"
-        "vfmadd231ps %%zmm0, %%zmm16, %[t0]\n\t"
-        "vpmovsxbd 16(%[a]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm1, %%zmm1\n\t"
-        "vfmadd231ps %%zmm1, %%zmm16, %[t0]\n\t"
-        "vpmovsxbd 32(%[a]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm2, %%zmm2\n\t"
-        "vfmadd231ps %%zmm2, %%zmm16, %[t0]\n\t"
-        "vpmovsxbd 48(%[a]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm3, %%zmm3\n\t"
-        "vfmadd231ps %%zmm3, %%zmm16, %[t0]\n\t"
-        "vpmovsxbd (%[a],%[sa]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm4, %%zmm4\n\t"
-        "vfmadd231ps %%zmm4, %%zmm16, %[t1]\n\t"
-        "vpmovsxbd 16(%[a],%[sa]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm5, %%zmm5\n\t"
-        "vfmadd231ps %%zmm5, %%zmm16, %[t1]\n\t"
-        "vpmovsxbd 32(%[a],%[sa]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm6, %%zmm6\n\t"
-        "vfmadd231ps %%zmm6, %%zmm16, %[t1]\n\t"
-        "vpmovsxbd 48(%[a],%[sa]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm7, %%zmm7\n\t"
-        "vfmadd231ps %%zmm7, %%zmm16, %[t1]\n\t"
-        "vpmovsxbd (%[a],%[sa],2), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm8, %%zmm8\n\t"
-        "vfmadd231ps %%zmm8, %%zmm16, %[t2]\n\t"
-        "vpmovsxbd 16(%[a],%[sa],2), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm9, %%zmm9\n\t"
-        "vfmadd231ps %%zmm9, %%zmm16, %[t2]\n\t"
-        "vpmovsxbd 32(%[a],%[sa],2), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm10, %%zmm10\n\t"
-        "vfmadd231ps %%zmm10, %%zmm16, %[t2]\n\t"
-        "vpmovsxbd 48(%[a],%[sa],2), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm11, %%zmm11\n\t"
-        "vfmadd231ps %%zmm11, %%zmm16, %[t2]\n\t"
-        "vpmovsxbd (%[a3]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm12, %%zmm12\n\t"
-        "vfmadd231ps %%zmm12, %%zmm16, %[t3]\n\t"
-        "vpmovsxbd 16(%[a3]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm13, %%zmm13\n\t"
-        "vfmadd231ps %%zmm13, %%zmm16, %[t3]\n\t"
-        "vpmovsxbd 32(%[a3]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm14, %%zmm14\n\t"
-        "vfmadd231ps %%zmm14, %%zmm16, %[t3]\n\t"
-        "vpmovsxbd 48(%[a3]), %%zmm16\n\t"
-        "vcvtdq2ps %%zmm16, %%zmm16\n\t"
-        "vcvtdq2ps %%zmm15, %%zmm15\n\t"
-        "vfmadd231ps %%zmm15, %%zmm16, %[t3]\n\t"
-        : [b] "+r"(b), [b3] "+r"(b3), [h] "+r"(h), [n] "+r"(n), [t0] "+v"(t0), [t1] "+v"(t1),
-          [t2] "+v"(t2), [t3] "+v"(t3)
-        : [a] "r"(ta), [a3] "r"(a3), [sa] "r"(sa), [sb] "r"(sb), [step] "r"(step), [nc] "r"(nc)
-        : "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17", "zmm18", "zmm19", "zmm20", "zmm21", "zmm22", "zmm23", "cc", "memory");
+    if (by_tile)
+        __asm__ volatile(BLOCK4_LOOP BY_TILE BLOCK4_OPERANDS);
+    else
+        __asm__ volatile(BLOCK4_LOOP BY_ELEMENT BLOCK4_OPERANDS);
     t[0] = t0, t[1] = t1, t[2] = t2, t[3] = t3;
 }
 
@@ -754,8 +592,8 @@ static void tile_layer(const int8_t *tile, const int64_t *m, const int8_t *h8,
     int64_t k = 0;
     for (; k + 4 <= c && da % 4 == 0 && db > 0; k += 4)
         for (int64_t i0 = 0; i0 < da; i0 += 4)
-            block4_elements(ta + 16 * (k * da + i0), tb + 16 * k * db, 16 * da, 16 * db, db,
-                            h8 + 4 * i0, step, nc + i0, t);
+            block4(ta + 16 * (k * da + i0), tb + 16 * k * db, 16 * da, 16 * db, db, h8 + 4 * i0,
+                   step, nc + i0, t, 0);
     for (; k < c; k++)
         tile_component(ta + 16 * k * da, tb + 16 * k * db, da, db, h8, step, nc, t);
 }
@@ -794,8 +632,8 @@ static void integer_level(const int8_t *quad, int64_t nq, int64_t tile_bytes, co
         for (int64_t k = 0; k < c; k++)
             for (int64_t i0 = 0; i0 < da; i0 += 4) {
                 __m512 t[4] = {part[0][0], part[1][0], part[2][0], part[3][0]};
-                block4_tiles(quad + 16 * (m[0] + k * da + i0), quad + 16 * (m[1] + k * db),
-                             tile_bytes, tile_bytes, db, h8 + 4 * i0, step, nc + i0, t);
+                block4(quad + 16 * (m[0] + k * da + i0), quad + 16 * (m[1] + k * db), tile_bytes,
+                       tile_bytes, db, h8 + 4 * i0, step, nc + i0, t, 1);
                 for (int64_t j = 0; j < QUAD; j++) part[j][0] = t[j];
             }
     } else {
