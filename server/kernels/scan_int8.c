@@ -500,40 +500,19 @@ static inline __m512i bcast4(const void *p)
 #define PRODUCT4(A, Y, T)                                                      \
     "vpmovsxbd " A ", %%zmm16\n\t" "vcvtdq2ps %%zmm16, %%zmm16\n\t"             \
     "vcvtdq2ps %%zmm" Y ", %%zmm" Y "\n\t" "vfmadd231ps %%zmm" Y ", %%zmm16, %[t" T "]\n\t"
+/* group g's four products: element i of its a (16 bytes apart) times accumulator Yi into Ti */
+#define PRODUCTS(A, Y0, Y1, Y2, Y3, T0, T1, T2, T3) \
+    PRODUCT4(A, Y0, T0) PRODUCT4("16" A, Y1, T1) PRODUCT4("32" A, Y2, T2) PRODUCT4("48" A, Y3, T3)
 #define BY_ELEMENT \
-    PRODUCT4("(%[a])", "0", "0") \
-    PRODUCT4("16(%[a])", "1", "1") \
-    PRODUCT4("32(%[a])", "2", "2") \
-    PRODUCT4("48(%[a])", "3", "3") \
-    PRODUCT4("(%[a],%[sa])", "4", "0") \
-    PRODUCT4("16(%[a],%[sa])", "5", "1") \
-    PRODUCT4("32(%[a],%[sa])", "6", "2") \
-    PRODUCT4("48(%[a],%[sa])", "7", "3") \
-    PRODUCT4("(%[a],%[sa],2)", "8", "0") \
-    PRODUCT4("16(%[a],%[sa],2)", "9", "1") \
-    PRODUCT4("32(%[a],%[sa],2)", "10", "2") \
-    PRODUCT4("48(%[a],%[sa],2)", "11", "3") \
-    PRODUCT4("(%[a3])", "12", "0") \
-    PRODUCT4("16(%[a3])", "13", "1") \
-    PRODUCT4("32(%[a3])", "14", "2") \
-    PRODUCT4("48(%[a3])", "15", "3")
+    PRODUCTS("(%[a])", "0", "1", "2", "3", "0", "1", "2", "3") \
+    PRODUCTS("(%[a],%[sa])", "4", "5", "6", "7", "0", "1", "2", "3") \
+    PRODUCTS("(%[a],%[sa],2)", "8", "9", "10", "11", "0", "1", "2", "3") \
+    PRODUCTS("(%[a3])", "12", "13", "14", "15", "0", "1", "2", "3")
 #define BY_TILE \
-    PRODUCT4("(%[a])", "0", "0") \
-    PRODUCT4("16(%[a])", "1", "0") \
-    PRODUCT4("32(%[a])", "2", "0") \
-    PRODUCT4("48(%[a])", "3", "0") \
-    PRODUCT4("(%[a],%[sa])", "4", "1") \
-    PRODUCT4("16(%[a],%[sa])", "5", "1") \
-    PRODUCT4("32(%[a],%[sa])", "6", "1") \
-    PRODUCT4("48(%[a],%[sa])", "7", "1") \
-    PRODUCT4("(%[a],%[sa],2)", "8", "2") \
-    PRODUCT4("16(%[a],%[sa],2)", "9", "2") \
-    PRODUCT4("32(%[a],%[sa],2)", "10", "2") \
-    PRODUCT4("48(%[a],%[sa],2)", "11", "2") \
-    PRODUCT4("(%[a3])", "12", "3") \
-    PRODUCT4("16(%[a3])", "13", "3") \
-    PRODUCT4("32(%[a3])", "14", "3") \
-    PRODUCT4("48(%[a3])", "15", "3")
+    PRODUCTS("(%[a])", "0", "1", "2", "3", "0", "0", "0", "0") \
+    PRODUCTS("(%[a],%[sa])", "4", "5", "6", "7", "1", "1", "1", "1") \
+    PRODUCTS("(%[a],%[sa],2)", "8", "9", "10", "11", "2", "2", "2", "2") \
+    PRODUCTS("(%[a3])", "12", "13", "14", "15", "3", "3", "3", "3")
 #define BLOCK4_OPERANDS                                                                      \
     : [b] "+r"(b), [b3] "+r"(b3), [h] "+r"(h), [n] "+r"(n), [t0] "+v"(t0), [t1] "+v"(t1),   \
       [t2] "+v"(t2), [t3] "+v"(t3)                                                          \
