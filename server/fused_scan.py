@@ -97,6 +97,9 @@ class FusedScanner:
         self.bounded = bounded and kernel.has_bounded
         self.norms = RowNorms(kernel, reader.layout.layers, reader.n_examples)
         self.tiles: TiledRows | None = None
+        # After a one-level tiled pass, the second query level on the tiles holding undecided
+        # rows (docs/server.md, "Two query levels"); "0": one level (side-by-side benchmarks).
+        self.refine = os.environ.get("LORIF_REFINE", "1") != "0"
 
     def prepare(self, query: ScanQuery) -> PreparedQuery:
         return self.kernel.prepare(self.reader.layout, self.reader.codec, query.hq)
@@ -201,6 +204,14 @@ class FusedScanner:
                 if levels == 0:  # blocks of resident rows start at row 0
                     levels = self.tiles.levels(prepared, norms) if start == 0 else 1
                 self.tiles.bounded(prepared, start, start + n, norms, approx, margin, levels)
+                if levels == 1 and self.refine:
+                    low, high = approx[:, :n] - margin[:, :n], approx[:, :n] + margin[:, :n]
+                    cuts = (
+                        lower.kth_with(low, numbers),
+                        upper.kth_with(high, numbers) if upper is not None else None,
+                    )
+                    ok = allowed_at(allowed, numbers) if allowed is not None else None
+                    self.tiles.refine(prepared, start, start + n, norms, approx, margin, cuts, ok)
             else:
                 self.kernel.bounded(prepared, raw, norms, approx, margin)
             low = approx[:, :n] - margin[:, :n]

@@ -26,6 +26,8 @@ class TiledRows:
         """``meta``: the kernel's layer table for every layer of the row."""
         self.kernel, self.meta, self.data = kernel, meta, rows
         self.tiled = kernel.tile_rows(meta, rows)
+        # the last level probe's one-level scores: (query, approx, margin) of rows 0, 1, …
+        self._probe: tuple[PreparedQuery, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def n(self) -> int:
@@ -56,10 +58,18 @@ class TiledRows:
         if cut > start:
             if start % 16:
                 raise ValueError("a tiled block starts on a tile")
-            rows = self.data[start:cut]
-            self.kernel.bounded(
-                query, rows, norms[: cut - start], approx, margin, tiled=True, levels=levels
-            )
+            done = self._probed(query, start, cut, levels, approx, margin)
+            rows = self.data[start + done : cut]
+            if rows.shape[0]:
+                self.kernel.bounded(
+                    query,
+                    rows,
+                    norms[done : cut - start],
+                    approx[:, done:],
+                    margin[:, done:],
+                    tiled=True,
+                    levels=levels,
+                )
         if stop > cut:
             offset = cut - start
             self.kernel.bounded(
@@ -69,6 +79,56 @@ class TiledRows:
                 approx[:, offset:],
                 margin[:, offset:],
             )
+
+    def _probed(
+        self,
+        query: PreparedQuery,
+        start: int,
+        cut: int,
+        levels: int,
+        approx: torch.Tensor,
+        margin: torch.Tensor,
+    ) -> int:
+        """Rows of [start, cut) the level probe already scored at one level for this query
+        (copied into approx and margin): the pass starts after them."""
+        probe, self._probe = self._probe, None
+        if probe is None or probe[0] is not query or levels != 1 or start != 0:
+            return 0
+        done = min(probe[1].shape[1], cut)
+        approx[:, :done] = probe[1][:, :done]
+        margin[:, :done] = probe[2][:, :done]
+        return done
+
+    def refine(
+        self,
+        query: PreparedQuery,
+        start: int,
+        stop: int,
+        norms: torch.Tensor,
+        approx: torch.Tensor,
+        margin: torch.Tensor,
+        cuts: tuple[torch.Tensor, torch.Tensor | None],
+        ok: torch.Tensor | None,
+    ) -> int:
+        """After a one-level pass over [start, stop): the second level on each query's
+        tiles that hold a row the first leaves undecided, i.e. whose interval reaches
+        ``cuts`` (B,) — the k-th best lower bound so far and, for opponents, the k-th
+        smallest upper bound — among the rows ``ok`` (B, n) allows. Every other row keeps
+        its one-level interval, which already excludes it. Returns the tiles refined, summed
+        over the queries."""
+        cut = min(max(start, self.tiled), stop) - start  # the block's tiled rows
+        if cut <= 0:
+            return 0
+        top, bottom = cuts
+        undecided = approx[:, :cut] + margin[:, :cut] >= top[:, None]
+        if bottom is not None:
+            undecided |= approx[:, :cut] - margin[:, :cut] <= bottom[:, None]
+        if ok is not None:
+            undecided &= ok[:, :cut]
+        tiled = cut // 16 * 16
+        want = undecided[:, :tiled].reshape(query.batch, -1, 16).any(dim=2)
+        rows = self.data[start : start + tiled]
+        return self.kernel.refine(query, rows, want, norms[:tiled], approx, margin)
 
     def levels(self, query: PreparedQuery, norms: torch.Tensor) -> int:
         """1 or 2 query levels, from a probe of the first tiles at one level (``norms``: of
@@ -83,6 +143,7 @@ class TiledRows:
         approx = torch.empty(query.batch, probe, dtype=torch.float32)
         margin = torch.empty_like(approx)
         self.kernel.bounded(query, self.data[:probe], norms[:probe], approx, margin, tiled=True)
+        self._probe = (query, approx, margin)  # the pass takes these rows as they are
         spread = approx.std(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
         return 2 if bool((margin.mean(dim=1) > spread).any()) else 1
 

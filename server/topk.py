@@ -56,6 +56,14 @@ class RowMerger:
             return self.scores.min(dim=1).values
         return self.scores.max(dim=1).values
 
+    def kth_with(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(B,) the k-th value were these scores merged, leaving this merger as it is (rows
+        merged twice would count twice towards the k)."""
+        trial = RowMerger(self.k, self.largest, self.allowed)
+        trial.scores, trial.rows = self.scores, self.rows
+        trial.add(scores, rows)
+        return trial.kth()
+
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted by score, ties by row number (deterministic)."""
         if self.scores is None or self.rows is None:

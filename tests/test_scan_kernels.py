@@ -112,6 +112,42 @@ def test_bounded_interval_holds_every_fused_score(seed, tiled, levels):
 
 
 @needs_bounded
+@pytest.mark.parametrize("seed", range(3))
+def test_refined_tiles_take_the_two_level_bound_and_others_keep_theirs(seed):
+    """After a one-level pass, the second level on the tiles holding an undecided row (per
+    query): those rows get the two-level interval (it holds, and its margin is the
+    two-level pass's), every other row keeps its one-level interval unchanged."""
+    layout, codec, raw = int8_rows(300, seed + 20)
+    kernel, hq = STATUS.kernel, queries(3, seed + 30)
+    prepared = kernel.prepare(layout, codec, hq)
+    exact = kernel.score(prepared, raw, torch.empty(3, 300, dtype=torch.float32))
+    norms = kernel.row_norms(prepared, raw)
+    tiles = TiledRows(kernel, prepared.meta, raw.clone())
+    one, one_margin = torch.empty(3, 300), torch.empty(3, 300)
+    tiles.bounded(prepared, 0, 300, norms, one, one_margin, 1)
+    two, two_margin = torch.empty(3, 300), torch.empty(3, 300)
+    tiles.bounded(prepared, 0, 300, norms, two, two_margin, 2)
+    approx, margin = one.clone(), one_margin.clone()
+    # cuts that leave some rows undecided and decide others: the best lower bound, the
+    # smallest upper bound, for queries 0 and 2 only (query 1's mask allows nothing)
+    top = (one - one_margin).amax(dim=1)
+    bottom = (one + one_margin).amin(dim=1)
+    ok = torch.ones(3, 300, dtype=torch.bool)
+    ok[1] = False
+    pairs = tiles.refine(prepared, 0, 300, norms, approx, margin, (top, bottom), ok)
+    undecided = ((one + one_margin >= top[:, None]) | (one - one_margin <= bottom[:, None])) & ok
+    want = undecided[:, :288].reshape(3, 18, 16).any(dim=2)
+    assert pairs == int(want.sum()) and 0 < pairs < 2 * 18
+    refined = torch.zeros(3, 300, dtype=torch.bool)
+    refined[:, :288] = want.repeat_interleave(16, dim=1)
+    assert torch.equal(margin[refined], two_margin[refined])
+    assert torch.equal(margin[~refined], one_margin[~refined])
+    assert torch.equal(approx[~refined], one[~refined])
+    assert torch.all((exact - approx).abs() <= margin)
+    assert torch.all((approx - two).abs()[refined] <= 1e-3 * two_margin[refined])
+
+
+@needs_bounded
 def test_tiles_give_back_every_row_and_score_exactly():
     """Tiling in place loses nothing: any rows come back in stored order (tiles and tail),
     and exact scores through the tiles equal the kernel's on the stored rows."""

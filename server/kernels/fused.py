@@ -35,7 +35,7 @@ from lorif_serve.server.kernels.quantize import BoundedQuery, quantize_queries
 log = logging.getLogger("lorif.kernels")
 
 _SOURCE = "scan_int8.c"
-_VERSION = 8  # lorif_kernel_version() of a matching build
+_VERSION = 9  # lorif_kernel_version() of a matching build
 _TILE = 16  # rows per tile in the kernels; thread chunks are cut at multiples of it
 _GROUP_SLOTS = 8 * 8 + 1  # the bounded pass's per-query accumulators (16 floats each)
 _P = ctypes.c_void_p
@@ -151,6 +151,10 @@ class FusedInt8Scan:
             self._untile = library.lorif_untile_rows
             self._untile.argtypes = [_P, _I64, _I64, _P, _I32, _P, _I64, _P, _P]
             self._untile.restype = None
+            self._refine = library.lorif_refine_tiles
+            self._refine.argtypes = [_P, _I64, _P, _I64, _P, _I32, _P, _P, _I32, _P, _I64, _P]
+            self._refine.argtypes += [_P, _I64, _P, _P, _P, _P, _P, _I64]
+            self._refine.restype = None
             self._norms = library.lorif_row_norms
             self._norms.argtypes = [_P, _I64, _I64, _P, _I32, _P]
             self._norms.restype = None
@@ -321,6 +325,66 @@ class FusedInt8Scan:
             )
 
         self._across_threads(query, rows.shape[0], run)
+
+    def refine(
+        self,
+        query: PreparedQuery,
+        rows: torch.Tensor,
+        want: torch.Tensor,
+        norms: torch.Tensor,
+        approx: torch.Tensor,
+        margin: torch.Tensor,
+    ) -> int:
+        """The second query level over tiles of a one-level pass: where ``want`` (B, tiles)
+        is set, that tile's rows gain the H8' products in ``approx`` and ``margin`` becomes
+        the two-level bound (``bounded(..., tiled=True, levels=2)`` gives the same intervals
+        up to rounding, which the bound covers). ``rows``: whole tiles. Returns the (tile,
+        query) pairs refined."""
+        bounded = query.bounded
+        if bounded is None:
+            raise ValueError("this build has no bounded pass (needs AVX-512 VNNI)")
+        if norms.shape != (rows.shape[0], query.meta.shape[0]) or not norms.is_contiguous():
+            raise ValueError("norms must be the (n, layers) row_norms of these rows")
+        if want.shape != (query.batch, rows.shape[0] // _TILE):
+            raise ValueError("want must be (B, tiles) of these rows")
+        _check_rows(rows)
+        _check_out(query, rows, approx)
+        _check_out(query, rows, margin)
+        tiles = want.any(dim=0).nonzero().squeeze(1).contiguous()
+        flags = want[:, tiles].t().contiguous().to(torch.uint8)  # (listed tiles, B)
+        count = int(tiles.shape[0])
+
+        def run(first: int, stop: int) -> None:
+            self._refine(
+                rows.data_ptr(),
+                rows.stride(0),
+                tiles.data_ptr() + 8 * first,
+                stop - first,
+                flags.data_ptr() + first * query.batch,
+                query.batch,
+                query.meta.data_ptr(),
+                bounded.offsets.data_ptr(),
+                query.meta.shape[0],
+                bounded.fine.data_ptr(),
+                bounded.fine.stride(0),
+                bounded.fine_negated.data_ptr(),
+                bounded.neg_offsets.data_ptr(),
+                bounded.fine_negated.stride(0),
+                bounded.scales.data_ptr(),
+                bounded.fine_eps.data_ptr(),
+                norms.data_ptr(),
+                approx.data_ptr(),
+                margin.data_ptr(),
+                approx.stride(0),
+            )
+
+        if count < 4 * self.threads:  # a few tiles: not worth waking the pool
+            run(0, count)
+        else:
+            share = -(-count // self.threads)
+            jobs = range(0, count, share)
+            list(self._pool.map(lambda a: run(a, min(a + share, count)), jobs))
+        return int(flags.sum())
 
     def score(self, query: PreparedQuery, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Write the (B, n) scores of ``rows`` into ``out`` (a (B, ≥ n) float32 buffer)."""

@@ -103,7 +103,7 @@ static void layer_to_float(const int8_t *row, const int64_t *m, float *af, float
 
 enum { META = 8, TILE = 8 };
 
-int32_t lorif_kernel_version(void) { return 8; }
+int32_t lorif_kernel_version(void) { return 9; }
 
 /* meta, per layer: a offset, b offset (-1: a dense layer, b = 1), c, da, db,
  * byte offset of the a scale, of the b scale (-1: 1), offset of H in a query's block.
@@ -736,6 +736,54 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                         bound += eps[bq * n_layers + l] * norms[row * n_layers + l];
                     margin[bq * out_stride + row] = bound;
                 }
+            }
+        }
+    }
+}
+/* The second query level over listed tiles, after a one-level pass: for each tile in tiles
+ * (indices from rows) and each query bq with want[i * batch + bq] set, approx[bq][r] += the
+ * products with H8' / 128 of the tile's 16 rows (the integer layers; float layers were
+ * exact already) and margin[bq][r] = the two-level bound sum_l fine_eps_l * norms[r][l].
+ * The caller lists only the tiles holding a row that one level leaves undecided for some
+ * query, so the second level costs in proportion to them; tile-major order reads each
+ * listed tile once for all its queries. Arguments as lorif_bounded_tiles. */
+void lorif_refine_tiles(const int8_t *rows, int64_t row_bytes, const int64_t *tiles,
+                        int64_t n_tiles, const uint8_t *want, int32_t batch,
+                        const int64_t *meta, const int64_t *h8_offsets, int32_t n_layers,
+                        const int8_t *fine, int64_t h8_stride, const int32_t *fine_nc,
+                        const int64_t *nc_offsets, int64_t nc_stride, const float *hscale,
+                        const float *fine_eps, const float *norms, float *approx,
+                        float *margin, int64_t out_stride)
+{
+    const int64_t tile_bytes = RT * row_bytes;
+    for (int64_t i = 0; i < n_tiles; i++) {
+        const int8_t *tile = rows + tiles[i] * tile_bytes;
+        const int8_t *next = i + 1 < n_tiles ? rows + tiles[i + 1] * tile_bytes : NULL;
+        for (int32_t l = 0; l < n_layers && next != NULL; l++) /* while this one is scored */
+            if (h8_offsets[l] >= 0) prefetch_tile(next, meta + META * l);
+        for (int32_t bq = 0; bq < batch; bq++) {
+            if (!want[i * batch + bq]) continue;
+            const float *sh = hscale + (int64_t)bq * n_layers, *fe = fine_eps + (int64_t)bq * n_layers;
+            __m512 acc = _mm512_setzero_ps();
+            for (int32_t l = 0; l < n_layers; l++) {
+                const int64_t *m = meta + META * l;
+                if (h8_offsets[l] < 0) continue;
+                __m512 part[QUAD][4];
+                integer_level(tile, 1, tile_bytes, m, fine + bq * h8_stride + h8_offsets[l],
+                              fine_nc + bq * nc_stride + nc_offsets[l], part, 0, 0);
+                const __m512 sa = _mm512_loadu_ps((const float *)(tile + 16 * m[5]));
+                const __m512 sb = _mm512_loadu_ps((const float *)(tile + 16 * m[6]));
+                const __m512 s = _mm512_mul_ps(_mm512_mul_ps(sa, sb), _mm512_set1_ps(sh[l] / 128));
+                acc = _mm512_fmadd_ps(sum4(part[0]), s, acc);
+            }
+            float lanes[RT];
+            _mm512_storeu_ps(lanes, acc);
+            for (int64_t r = 0; r < RT; r++) {
+                const int64_t row = tiles[i] * RT + r;
+                float bound = 0.0f;
+                approx[bq * out_stride + row] += lanes[r];
+                for (int32_t l = 0; l < n_layers; l++) bound += fe[l] * norms[row * n_layers + l];
+                margin[bq * out_stride + row] = bound;
             }
         }
     }
