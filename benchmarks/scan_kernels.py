@@ -33,8 +33,11 @@ from .serving import http_section, read_floor
 from .synthetic import random_index
 
 KERNELS = ("torch", "fused", "bounded")
-# The bounded pass over rows in stored order (LORIF_ROW_TILES=0), next to the tiled one.
-ENGINE_KERNELS = (*KERNELS, "bounded-rows")
+# The bounded pass over rows in stored order (LORIF_ROW_TILES=0), and over tiles with one
+# query level where the probe chose one (no second level on undecided tiles: LORIF_REFINE=0),
+# next to the default.
+VARIANTS = {"bounded-rows": ("LORIF_ROW_TILES", "0"), "bounded-one-level": ("LORIF_REFINE", "0")}
+ENGINE_KERNELS = (*KERNELS, *VARIANTS)
 
 
 def held_out_queries(
@@ -69,10 +72,12 @@ def engine_rows(
     with IndexReader(index) as reader:
         big = reader.n_examples * reader.bytes_per_example > 2**30  # minutes per torch scan
         for kernel in ENGINE_KERNELS:
-            os.environ["LORIF_ROW_TILES"] = "0" if kernel == "bounded-rows" else "1"
-            engine = ScanEngine(
-                reader, torch.device("cpu"), "ram", kernel=kernel.removesuffix("-rows")
-            )
+            for variable, _ in VARIANTS.values():
+                os.environ[variable] = "1"
+            if kernel in VARIANTS:
+                variable, value = VARIANTS[kernel]
+                os.environ[variable] = value
+            engine = ScanEngine(reader, torch.device("cpu"), "ram", kernel=kernel.split("-")[0])
             floor = read_floor(engine)
             for batch in batches:
                 if kernel == "torch" and big and batch > 1:

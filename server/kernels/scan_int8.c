@@ -687,7 +687,6 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                          int64_t out_stride, float *work, int64_t work_floats,
                          const int8_t *fine, const int32_t *fine_nc, int32_t levels)
 {
-    (void)work_floats;
     const int64_t tile_bytes = RT * row_bytes;
     /* Four tiles at a time only where a layer needs them (c not a multiple of 4): else tile
      * by tile, which reads the index in order; the tiles dist on are asked for ahead. */
@@ -697,49 +696,54 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
         if (h8_offsets[l] >= 0 && m[2] % 4 && m[3] % 4 == 0) group = QUAD;
     }
     const int64_t dist = group == 1 ? 2 : QUAD, tiles = n_rows / RT;
+    /* Every query's partial sums of the current tiles: layer by layer, the queries take
+     * turns over one layer's bytes of the tiles, which stay in L1 between them. */
+    __m512 *acc = (__m512 *)(work + work_floats - (int64_t)batch * SLOTS * 16);
     for (int64_t t0 = 0; t0 < n_rows; t0 += group * RT) {
         const int64_t left = (n_rows - t0) / RT, nq = left < group ? left : group;
         const int8_t *quad = rows + t0 * row_bytes;
         const int64_t later = tiles - (t0 / RT + dist); /* tiles j < later have one dist on */
-        for (int32_t bq = 0; bq < batch; bq++) {
-            /* the first query's pass asks for them */
-            const int64_t ahead = bq > 0 || later <= 0 ? 0 : (later < nq ? later : nq);
-            __m512 acc[QUAD];
-            float *out = approx + bq * out_stride + t0;
-            for (int64_t j = 0; j < QUAD; j++) acc[j] = _mm512_setzero_ps();
-            for (int64_t r = 0; r < nq * RT; r++) out[r] = 0.0f;
-            for (int32_t l = 0; l < n_layers; l++) {
-                const int64_t *m = meta + META * l;
+        /* the first query's turn asks for them */
+        const int64_t ahead = later <= 0 ? 0 : (later < nq ? later : nq);
+        for (int64_t i = 0; i < (int64_t)batch * QUAD; i++) acc[i] = _mm512_setzero_ps();
+        for (int32_t bq = 0; bq < batch; bq++)
+            for (int64_t r = 0; r < nq * RT; r++) approx[bq * out_stride + t0 + r] = 0.0f;
+        for (int32_t l = 0; l < n_layers; l++) {
+            const int64_t *m = meta + META * l;
+            for (int32_t bq = 0; bq < batch; bq++) {
+                const int64_t asks = bq == 0 ? ahead : 0;
                 if (h8_offsets[l] >= 0) {
                     const int two = levels == 2;
                     integer_layer(quad, nq, tile_bytes, m, h8 + bq * h8_stride + h8_offsets[l],
                                   ncorr + bq * nc_stride + nc_offsets[l],
                                   two ? fine + bq * h8_stride + h8_offsets[l] : NULL,
                                   two ? fine_nc + bq * nc_stride + nc_offsets[l] : NULL,
-                                  hscale[bq * n_layers + l], acc, ahead, dist);
+                                  hscale[bq * n_layers + l], acc + bq * QUAD, asks, dist);
                     continue;
                 }
                 for (int64_t j = 0; j < nq; j++) {
-                    if (j < ahead) prefetch_tile(quad + (dist + j) * tile_bytes, m);
+                    if (j < asks) prefetch_tile(quad + (dist + j) * tile_bytes, m);
                     float_layer(quad + j * tile_bytes, m, hq + bq * hq_stride + m[7], work,
-                                out + j * RT);
+                                approx + bq * out_stride + t0 + j * RT);
                 }
             }
+        }
+        for (int32_t bq = 0; bq < batch; bq++)
             for (int64_t j = 0; j < nq; j++) {
                 float lanes[RT];
-                _mm512_storeu_ps(lanes, acc[j]);
+                _mm512_storeu_ps(lanes, acc[bq * QUAD + j]);
                 for (int64_t r = 0; r < RT; r++) {
                     const int64_t row = t0 + j * RT + r;
                     float bound = 0.0f;
-                    out[j * RT + r] += lanes[r];
+                    approx[bq * out_stride + row] += lanes[r];
                     for (int32_t l = 0; l < n_layers; l++)
                         bound += eps[bq * n_layers + l] * norms[row * n_layers + l];
                     margin[bq * out_stride + row] = bound;
                 }
             }
-        }
     }
 }
+
 /* The second query level over listed tiles, after a one-level pass: for each tile in tiles
  * (indices from rows) and each query bq with want[i * batch + bq] set, approx[bq][r] += the
  * products with H8' / 128 of the tile's 16 rows (the integer layers; float layers were
