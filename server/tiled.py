@@ -16,6 +16,11 @@ import torch
 from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery
 
 _UNTILE_ROWS = 4096  # rows put back in stored order at a time for exact scoring
+# Undecided rows a tile must hold for one query's second level, in a batch of one: it costs
+# 16 rows' pass, ≈ 4-7 µs on two cores, and rescoring a row exactly ≈ 1-1.5 µs a query
+# (scan_kernels.md). A row undecided for one query of a batch of B is rescored for all of
+# them (their union), so there the break-even is _REFINE_ROWS / B rows.
+_REFINE_ROWS = 4
 _PROBE_ROWS = 1024  # rows scored at one level to choose the number of query levels
 
 
@@ -111,9 +116,10 @@ class TiledRows:
         ok: torch.Tensor | None,
     ) -> int:
         """After a one-level pass over [start, stop): the second level on each query's
-        tiles that hold a row the first leaves undecided, i.e. whose interval reaches
-        ``cuts`` (B,) — the k-th best lower bound so far and, for opponents, the k-th
-        smallest upper bound — among the rows ``ok`` (B, n) allows. Every other row keeps
+        tiles that hold at least ⌈``_REFINE_ROWS`` / B⌉ rows the first leaves undecided, whose
+        interval reaches ``cuts`` (B,) — the k-th best lower bound so far and, for
+        opponents, the k-th smallest upper bound — among the rows ``ok`` (B, n) allows.
+        Every other row keeps
         its one-level interval, which already excludes it. Returns the tiles refined, summed
         over the queries."""
         cut = min(max(start, self.tiled), stop) - start  # the block's tiled rows
@@ -126,7 +132,9 @@ class TiledRows:
         if ok is not None:
             undecided &= ok[:, :cut]
         tiled = cut // 16 * 16
-        want = undecided[:, :tiled].reshape(query.batch, -1, 16).any(dim=2)
+        # a tile's second level costs about what rescoring _REFINE_ROWS rows exactly does
+        needed = -(-_REFINE_ROWS // query.batch)
+        want = undecided[:, :tiled].reshape(query.batch, -1, 16).sum(dim=2) >= needed
         rows = self.data[start : start + tiled]
         return self.kernel.refine(query, rows, want, norms[:tiled], approx, margin)
 

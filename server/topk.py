@@ -57,12 +57,17 @@ class RowMerger:
         return self.scores.max(dim=1).values
 
     def kth_with(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """(B,) the k-th value were these scores merged, leaving this merger as it is (rows
-        merged twice would count twice towards the k)."""
-        trial = RowMerger(self.k, self.largest, self.allowed)
-        trial.scores, trial.rows = self.scores, self.rows
-        trial.add(scores, rows)
-        return trial.kth()
+        """(B,) the k-th value were these scores (B, m) of rows (m,) merged, leaving this
+        merger as it is (rows merged twice would count twice towards the k). Ties do not
+        change the k-th value, so this skips their ordering."""
+        if self.allowed is not None:
+            scores = scores.masked_fill(~allowed_at(self.allowed, rows), self._fill)
+        if self.scores is not None:
+            scores = torch.cat([self.scores, scores], dim=1)
+        if scores.shape[1] < self.k:
+            return torch.full((scores.shape[0],), self._fill, dtype=torch.float32)
+        values = scores.topk(self.k, dim=1, largest=self.largest, sorted=False).values
+        return values.amin(dim=1) if self.largest else values.amax(dim=1)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted by score, ties by row number (deterministic)."""

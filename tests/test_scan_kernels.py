@@ -112,10 +112,13 @@ def test_bounded_interval_holds_every_fused_score(seed, tiled, levels):
 
 
 @needs_bounded
+@pytest.mark.parametrize("needed,k", [(1, 1), (4, 15)])
 @pytest.mark.parametrize("seed", range(3))
-def test_refined_tiles_take_the_two_level_bound_and_others_keep_theirs(seed):
-    """After a one-level pass, the second level on the tiles holding an undecided row (per
-    query): those rows get the two-level interval (it holds, and its margin is the
+def test_refined_tiles_take_the_two_level_bound_and_others_keep_theirs(
+    seed, needed, k, monkeypatch
+):
+    """After a one-level pass, the second level on the tiles holding ``needed`` undecided
+    rows (per query): those rows get the two-level interval (it holds, and its margin is the
     two-level pass's), every other row keeps its one-level interval unchanged."""
     layout, codec, raw = int8_rows(300, seed + 20)
     kernel, hq = STATUS.kernel, queries(3, seed + 30)
@@ -128,15 +131,16 @@ def test_refined_tiles_take_the_two_level_bound_and_others_keep_theirs(seed):
     two, two_margin = torch.empty(3, 300), torch.empty(3, 300)
     tiles.bounded(prepared, 0, 300, norms, two, two_margin, 2)
     approx, margin = one.clone(), one_margin.clone()
-    # cuts that leave some rows undecided and decide others: the best lower bound, the
-    # smallest upper bound, for queries 0 and 2 only (query 1's mask allows nothing)
-    top = (one - one_margin).amax(dim=1)
-    bottom = (one + one_margin).amin(dim=1)
+    # cuts that leave some rows undecided and decide others: the k-th best lower bound, the
+    # k-th smallest upper bound, for queries 0 and 2 only (query 1's mask allows nothing)
+    monkeypatch.setattr("lorif_serve.server.tiled._REFINE_ROWS", 3 * needed)  # B = 3
+    top = (one - one_margin).topk(k, dim=1).values[:, -1]
+    bottom = (one + one_margin).topk(k, dim=1, largest=False).values[:, -1]
     ok = torch.ones(3, 300, dtype=torch.bool)
     ok[1] = False
     pairs = tiles.refine(prepared, 0, 300, norms, approx, margin, (top, bottom), ok)
     undecided = ((one + one_margin >= top[:, None]) | (one - one_margin <= bottom[:, None])) & ok
-    want = undecided[:, :288].reshape(3, 18, 16).any(dim=2)
+    want = undecided[:, :288].reshape(3, 18, 16).sum(dim=2) >= needed
     assert pairs == int(want.sum()) and 0 < pairs < 2 * 18
     refined = torch.zeros(3, 300, dtype=torch.bool)
     refined[:, :288] = want.repeat_interleave(16, dim=1)
