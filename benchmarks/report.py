@@ -44,7 +44,8 @@ SECTIONS = [
         "CPU scan kernels side by side",
         "One process, residency ram, exact top-10 + bottom-10 of real preconditioned queries "
         "(held-out articles): the torch kernels, the compiled fused kernel, the bounded pass "
-        "over row tiles and over rows in stored order (`LORIF_ROW_TILES=0`), each against the "
+        "over row tiles, over rows in stored order (`LORIF_ROW_TILES=0`) and over tiles "
+        "without the second level on undecided tiles (`LORIF_REFINE=0`), each against the "
         "time to read its resident bytes. `python -m benchmarks.scan_kernels`",
     ),
     (
