@@ -204,7 +204,7 @@ class FusedScanner:
                 if levels == 0:  # blocks of resident rows start at row 0
                     levels = self.tiles.levels(prepared, norms) if start == 0 else 1
                 self.tiles.bounded(prepared, start, start + n, norms, approx, margin, levels)
-                if levels == 1 and self.refine:
+                if levels == 1 and self.refine and prepared.batch > 1:  # see TiledRows.refine
                     low, high = approx[:, :n] - margin[:, :n], approx[:, :n] + margin[:, :n]
                     cuts = (
                         lower.kth_with(low, numbers),

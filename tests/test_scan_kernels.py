@@ -251,3 +251,23 @@ def test_low_rank_query_modes_keep_the_torch_path(tmp_path):
         ]
         assert torch.equal(answers[0].top_rows, answers[1].top_rows)
         assert torch.allclose(answers[0].top_scores, answers[1].top_scores)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_kth_with_is_the_kth_after_merging_and_leaves_the_merger_alone(largest):
+    """The cuts of the second level: the k-th value with a block added, ties and masks
+    included, computed without merging it."""
+    from lorif_serve.server.topk import RowMerger
+
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randint(-5, 5, (2, 40), generator=generator).float()  # many ties
+    allowed = torch.rand(2, 40, generator=generator) > 0.3
+    merger = RowMerger(4, largest, allowed)
+    merger.add(scores[:, :20], torch.arange(20))
+    before = (merger.scores.clone(), merger.rows.clone())
+    got = merger.kth_with(scores[:, 20:], torch.arange(20, 40))
+    assert torch.equal(merger.scores, before[0]) and torch.equal(merger.rows, before[1])
+    merger.add(scores[:, 20:], torch.arange(20, 40))
+    assert torch.equal(got, merger.kth())
+    few = RowMerger(50, largest).kth_with(scores, torch.arange(40))
+    assert torch.all(few == (float("-inf") if largest else float("inf")))
