@@ -126,9 +126,10 @@ def test_refined_tiles_take_the_two_level_bound_and_others_keep_theirs(
     exact = kernel.score(prepared, raw, torch.empty(3, 300, dtype=torch.float32))
     norms = kernel.row_norms(prepared, raw)
     tiles = TiledRows(kernel, prepared.meta, raw.clone())
-    one, one_margin = torch.empty(3, 300), torch.empty(3, 300)
+    f32 = {"dtype": torch.float32}  # test_math makes float64 the session's default
+    one, one_margin = torch.empty(3, 300, **f32), torch.empty(3, 300, **f32)
     tiles.bounded(prepared, 0, 300, norms, one, one_margin, 1)
-    two, two_margin = torch.empty(3, 300), torch.empty(3, 300)
+    two, two_margin = torch.empty(3, 300, **f32), torch.empty(3, 300, **f32)
     tiles.bounded(prepared, 0, 300, norms, two, two_margin, 2)
     approx, margin = one.clone(), one_margin.clone()
     # cuts that leave some rows undecided and decide others: the k-th best lower bound, the
