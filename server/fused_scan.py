@@ -71,9 +71,20 @@ def _best_of(
     return merger.result()
 
 
-def _reaching(reach: torch.Tensor, ok: torch.Tensor | None) -> torch.Tensor:
-    """(m,) rows that can still enter some query's k: reach (B, m), limited to its mask."""
-    return (reach if ok is None else reach & ok).any(dim=0)
+def _undecided(
+    low: torch.Tensor,
+    high: torch.Tensor,
+    top: torch.Tensor,
+    bottom: torch.Tensor | None,
+    ok: torch.Tensor | None,
+) -> torch.Tensor:
+    """(B, m) rows whose interval [low, high] reaches a query's cut — its k-th best lower
+    bound ``top`` (B,) or, for opponents, its k-th smallest upper bound ``bottom`` — among
+    the rows its mask ``ok`` (B, m) allows: the rows that can still enter its k."""
+    reach = high >= top[:, None]
+    if bottom is not None:
+        reach |= low <= bottom[:, None]
+    return reach if ok is None else reach & ok
 
 
 class FusedScanner:
@@ -200,28 +211,25 @@ class FusedScanner:
                     release()
                 continue
             norms = self.norms.block(prepared, layers, raw, start, self.resident is not None)
+            ok = allowed_at(allowed, numbers) if allowed is not None else None
             if self.tiles is not None:
                 if levels == 0:  # blocks of resident rows start at row 0
                     levels = self.tiles.levels(prepared, norms) if start == 0 else 1
                 self.tiles.bounded(prepared, start, start + n, norms, approx, margin, levels)
                 if levels == 1 and self.refine and prepared.batch > 1:  # see TiledRows.refine
                     low, high = approx[:, :n] - margin[:, :n], approx[:, :n] + margin[:, :n]
-                    cuts = (
-                        lower.kth_with(low, numbers),
-                        upper.kth_with(high, numbers) if upper is not None else None,
-                    )
-                    ok = allowed_at(allowed, numbers) if allowed is not None else None
-                    self.tiles.refine(prepared, start, start + n, norms, approx, margin, cuts, ok)
+                    cut = upper.kth_with(high, numbers) if upper is not None else None
+                    undecided = _undecided(low, high, lower.kth_with(low, numbers), cut, ok)
+                    self.tiles.refine(prepared, start, start + n, norms, approx, margin, undecided)
             else:
                 self.kernel.bounded(prepared, raw, norms, approx, margin)
             low = approx[:, :n] - margin[:, :n]
             high = approx[:, :n] + margin[:, :n]
             lower.add(low, numbers)
-            ok = allowed_at(allowed, numbers) if allowed is not None else None
-            keep = _reaching(high >= lower.kth()[:, None], ok)
             if upper is not None:
                 upper.add(high, numbers)
-                keep |= _reaching(low <= upper.kth()[:, None], ok)
+            cut = upper.kth() if upper is not None else None
+            keep = _undecided(low, high, lower.kth(), cut, ok).any(dim=0)
             if release is not None:
                 release()
             picked = keep.nonzero().squeeze(1)
@@ -232,11 +240,8 @@ class FusedScanner:
         low = torch.cat([b[0] for b in kept_bounds], dim=1)
         high = torch.cat([b[1] for b in kept_bounds], dim=1)
         # Final thresholds: only rows that can still reach them are rescored.
-        need = high >= lower.kth()[:, None]
-        if upper is not None:
-            need |= low <= upper.kth()[:, None]
-        if allowed is not None:
-            need &= allowed_at(allowed, rows)
+        ok = allowed_at(allowed, rows) if allowed is not None else None
+        need = _undecided(low, high, lower.kth(), upper.kth() if upper is not None else None, ok)
         best = make(top_k, True)
         worst = make(bottom_k, False) if bottom_k else None
         rescored = exact_rows

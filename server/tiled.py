@@ -114,31 +114,21 @@ class TiledRows:
         norms: torch.Tensor,
         approx: torch.Tensor,
         margin: torch.Tensor,
-        cuts: tuple[torch.Tensor, torch.Tensor | None],
-        ok: torch.Tensor | None,
+        undecided: torch.Tensor,
     ) -> int:
         """After a one-level pass over [start, stop): the second level on each query's
-        tiles that hold at least ⌈``_REFINE_ROWS`` / B⌉ rows the first leaves undecided, whose
-        interval reaches ``cuts`` (B,) — the k-th best lower bound so far and, for
-        opponents, the k-th smallest upper bound — among the rows ``ok`` (B, n) allows.
-        Every other row keeps
+        tiles that hold at least ⌈``_REFINE_ROWS`` / B⌉ of the rows ``undecided`` (B, n)
+        marks (those whose interval still reaches the query's cuts). Every other row keeps
         its one-level interval, which already excludes it. Returns the tiles refined, summed
         over the queries."""
-        cut = min(max(start, self.tiled), stop) - start  # the block's tiled rows
+        cut = (min(max(start, self.tiled), stop) - start) // 16 * 16  # the block's tiles
         if cut <= 0:
             return 0
-        top, bottom = cuts
-        undecided = approx[:, :cut] + margin[:, :cut] >= top[:, None]
-        if bottom is not None:
-            undecided |= approx[:, :cut] - margin[:, :cut] <= bottom[:, None]
-        if ok is not None:
-            undecided &= ok[:, :cut]
-        tiled = cut // 16 * 16
         # a tile's second level costs about what rescoring _REFINE_ROWS rows exactly does
         needed = -(-_REFINE_ROWS // query.batch)
-        want = undecided[:, :tiled].reshape(query.batch, -1, 16).sum(dim=2) >= needed
-        rows = self.data[start : start + tiled]
-        return self.kernel.refine(query, rows, want, norms[:tiled], approx, margin)
+        want = undecided[:, :cut].reshape(query.batch, -1, 16).sum(dim=2) >= needed
+        rows = self.data[start : start + cut]
+        return self.kernel.refine(query, rows, want, norms[:cut], approx, margin)
 
     def levels(self, query: PreparedQuery, norms: torch.Tensor) -> int:
         """1 or 2 query levels, from a probe of the first tiles at one level (``norms``: of

@@ -139,8 +139,8 @@ def test_refined_tiles_take_the_two_level_bound_and_others_keep_theirs(
     bottom = (one + one_margin).topk(k, dim=1, largest=False).values[:, -1]
     ok = torch.ones(3, 300, dtype=torch.bool)
     ok[1] = False
-    pairs = tiles.refine(prepared, 0, 300, norms, approx, margin, (top, bottom), ok)
     undecided = ((one + one_margin >= top[:, None]) | (one - one_margin <= bottom[:, None])) & ok
+    pairs = tiles.refine(prepared, 0, 300, norms, approx, margin, undecided)
     want = undecided[:, :288].reshape(3, 18, 16).sum(dim=2) >= needed
     assert pairs == int(want.sum()) and 0 < pairs < 2 * 18
     refined = torch.zeros(3, 300, dtype=torch.bool)

@@ -275,14 +275,7 @@ class FusedInt8Scan:
         ``norms``: ``row_norms`` of the same rows and layers. ``tiled``: the rows are whole
         tiles (``tile_rows``). ``levels``: 2 adds the query's second int8 level (tiles only).
         """
-        bounded = query.bounded
-        if bounded is None:
-            raise ValueError("this build has no bounded pass (needs AVX-512 VNNI)")
-        if norms.shape != (rows.shape[0], query.meta.shape[0]) or not norms.is_contiguous():
-            raise ValueError("norms must be the (n, layers) row_norms of these rows")
-        _check_rows(rows)
-        _check_out(query, rows, approx)
-        _check_out(query, rows, margin)
+        bounded = _check_bounded(query, rows, norms, approx, margin)
 
         if tiled and rows.shape[0] % _TILE:
             raise ValueError(f"tiled rows come in whole tiles of {_TILE}")
@@ -340,16 +333,9 @@ class FusedInt8Scan:
         the two-level bound (``bounded(..., tiled=True, levels=2)`` gives the same intervals
         up to rounding, which the bound covers). ``rows``: whole tiles. Returns the (tile,
         query) pairs refined."""
-        bounded = query.bounded
-        if bounded is None:
-            raise ValueError("this build has no bounded pass (needs AVX-512 VNNI)")
-        if norms.shape != (rows.shape[0], query.meta.shape[0]) or not norms.is_contiguous():
-            raise ValueError("norms must be the (n, layers) row_norms of these rows")
+        bounded = _check_bounded(query, rows, norms, approx, margin)
         if want.shape != (query.batch, rows.shape[0] // _TILE):
             raise ValueError("want must be (B, tiles) of these rows")
-        _check_rows(rows)
-        _check_out(query, rows, approx)
-        _check_out(query, rows, margin)
         tiles = want.any(dim=0).nonzero().squeeze(1).contiguous()
         flags = want[:, tiles].t().contiguous().to(torch.uint8)  # (listed tiles, B)
         count = int(tiles.shape[0])
@@ -425,6 +411,25 @@ class FusedInt8Scan:
 def _check_rows(rows: torch.Tensor) -> None:
     if rows.dtype != torch.int8 or rows.stride(1) != 1:
         raise ValueError("the fused kernel reads int8 rows with contiguous columns")
+
+
+def _check_bounded(
+    query: PreparedQuery,
+    rows: torch.Tensor,
+    norms: torch.Tensor,
+    approx: torch.Tensor,
+    margin: torch.Tensor,
+) -> BoundedQuery:
+    """The query's int8 form, once the rows, their norms and both outputs fit it."""
+    bounded = query.bounded
+    if bounded is None:
+        raise ValueError("this build has no bounded pass (needs AVX-512 VNNI)")
+    if norms.shape != (rows.shape[0], query.meta.shape[0]) or not norms.is_contiguous():
+        raise ValueError("norms must be the (n, layers) row_norms of these rows")
+    _check_rows(rows)
+    _check_out(query, rows, approx)
+    _check_out(query, rows, margin)
+    return bounded
 
 
 def _check_out(query: PreparedQuery, rows: torch.Tensor, out: torch.Tensor) -> None:

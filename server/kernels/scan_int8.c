@@ -673,6 +673,22 @@ static void float_layer(const int8_t *tile, const int64_t *m, const float *H, fl
     }
 }
 
+/* A tile's 16 scores acc added into approx from row0 on, and each row's margin set to
+ * sum_l eps_l * norms[row][l] (one query's approx, margin and eps). */
+static void finish_tile(__m512 acc, int64_t row0, const float *eps, const float *norms,
+                        int32_t n_layers, float *approx, float *margin)
+{
+    float lanes[RT];
+    _mm512_storeu_ps(lanes, acc);
+    for (int64_t r = 0; r < RT; r++) {
+        const int64_t row = row0 + r;
+        float bound = 0.0f;
+        approx[row] += lanes[r];
+        for (int32_t l = 0; l < n_layers; l++) bound += eps[l] * norms[row * n_layers + l];
+        margin[row] = bound;
+    }
+}
+
 /* The bounded pass over whole tiles, four at a time (n_rows a multiple of 16; rows: the
  * first tile's start). Arguments as lorif_bounded_int8, except the corrections: ncorr
  * (B, Σ da) int32, -128 * Σ_j H8_ij, at nc_offsets. work: c * (da + db) + 1 floats per
@@ -729,18 +745,9 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
             }
         }
         for (int32_t bq = 0; bq < batch; bq++)
-            for (int64_t j = 0; j < nq; j++) {
-                float lanes[RT];
-                _mm512_storeu_ps(lanes, acc[bq * QUAD + j]);
-                for (int64_t r = 0; r < RT; r++) {
-                    const int64_t row = t0 + j * RT + r;
-                    float bound = 0.0f;
-                    approx[bq * out_stride + row] += lanes[r];
-                    for (int32_t l = 0; l < n_layers; l++)
-                        bound += eps[bq * n_layers + l] * norms[row * n_layers + l];
-                    margin[bq * out_stride + row] = bound;
-                }
-            }
+            for (int64_t j = 0; j < nq; j++)
+                finish_tile(acc[bq * QUAD + j], t0 + j * RT, eps + (int64_t)bq * n_layers, norms,
+                            n_layers, approx + bq * out_stride, margin + bq * out_stride);
     }
 }
 
@@ -780,15 +787,8 @@ void lorif_refine_tiles(const int8_t *rows, int64_t row_bytes, const int64_t *ti
                 const __m512 s = _mm512_mul_ps(_mm512_mul_ps(sa, sb), _mm512_set1_ps(sh[l] / 128));
                 acc = _mm512_fmadd_ps(sum4(part[0]), s, acc);
             }
-            float lanes[RT];
-            _mm512_storeu_ps(lanes, acc);
-            for (int64_t r = 0; r < RT; r++) {
-                const int64_t row = tiles[i] * RT + r;
-                float bound = 0.0f;
-                approx[bq * out_stride + row] += lanes[r];
-                for (int32_t l = 0; l < n_layers; l++) bound += fe[l] * norms[row * n_layers + l];
-                margin[bq * out_stride + row] = bound;
-            }
+            finish_tile(acc, tiles[i] * RT, fe, norms, n_layers, approx + bq * out_stride,
+                        margin + bq * out_stride);
         }
     }
 }
