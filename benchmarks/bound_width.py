@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from lorif_serve.indexer.store.reader import IndexReader
-from lorif_serve.server.kernels.fused import load_kernel
+from lorif_serve.server.kernels.build import load_kernel
 from lorif_serve.server.tiled import TiledRows
 
 from .common import write_result

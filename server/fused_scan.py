@@ -21,7 +21,9 @@ import torch
 from lorif_serve.errors import ConfigError
 from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.store.reader import IndexReader
-from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery, load_kernel
+from lorif_serve.server.kernels.build import load_kernel
+from lorif_serve.server.kernels.fused import FusedInt8Scan
+from lorif_serve.server.kernels.prepared import PreparedQuery
 from lorif_serve.server.row_norms import RowNorms
 from lorif_serve.server.tiled import TiledRows
 from lorif_serve.server.topk import RowMerger, allowed_at

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from lorif_serve.indexer.core.factors import LayerSpec
-from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery
+from lorif_serve.server.kernels.fused import FusedInt8Scan
+from lorif_serve.server.kernels.prepared import PreparedQuery
 
 
 class RowNorms:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from lorif_serve.server.kernels.fused import FusedInt8Scan, PreparedQuery
+from lorif_serve.server.kernels.fused import FusedInt8Scan
+from lorif_serve.server.kernels.prepared import PreparedQuery
 
 _UNTILE_ROWS = 4096  # rows put back in stored order at a time for exact scoring
 # Undecided rows a tile must hold for one query's second level, in a batch of one: it costs

@@ -11,7 +11,7 @@ from lorif_serve.client.protocol import AnyOf, Prefix
 from lorif_serve.indexer import IndexReader
 from lorif_serve.indexer.store import schema
 from lorif_serve.server.filters import FieldColumns, MaskCache, canonical
-from lorif_serve.server.kernels.fused import load_kernel
+from lorif_serve.server.kernels.build import load_kernel
 from tests.builders import brute_force, make_app
 
 QUERY = ("the market", "shares rose")

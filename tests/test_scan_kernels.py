@@ -15,7 +15,7 @@ from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
 from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.core.scoring import score_reference
 from lorif_serve.server.fused_scan import FusedScanner
-from lorif_serve.server.kernels.fused import load_kernel
+from lorif_serve.server.kernels.build import load_kernel
 from lorif_serve.server.tiled import TiledRows
 
 STATUS = load_kernel()

@@ -1,132 +1,29 @@
-"""The fused int8 scan kernel: compiled on first use, loaded with ctypes, run on all cores.
+"""The fused int8 scan kernels' ctypes wrapper: every entry point run on all cores.
 
 The torch path scores an int8 block by converting it to float32 (4× its bytes written and
 read back), slicing each layer's factors out of the packed rows (copies) and running small
 GEMMs whose (n·c, B·d) intermediates go through memory. ``scan_int8.c`` does the same
 arithmetic (float32 products and sums) row by row in registers, reading each stored byte
-once. It is built with the machine's C compiler (``$CC``, else ``cc``) at ``-O3
--march=native`` into a cache folder keyed by the source, the flags and the CPU's feature
-flags; where no compiler is found or the build fails, ``load_kernel`` returns ``None`` with
-the reason, and the engine keeps the torch path.
+once; its bounded pass scores int8 codes against the query's int8 levels with an error
+bound per row. ``build.load_kernel`` compiles and loads it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import torch
 
 from lorif_serve.indexer.core.codec import RowCodec
-from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
-from lorif_serve.server.kernels.quantize import BoundedQuery, quantize_queries
+from lorif_serve.indexer.core.factors import RowLayout
+from lorif_serve.server.kernels.prepared import TILE_ROWS, PreparedQuery, prepare_query
+from lorif_serve.server.kernels.quantize import BoundedQuery
 
-log = logging.getLogger("lorif.kernels")
-
-_SOURCE = "scan_int8.c"
-_VERSION = 9  # lorif_kernel_version() of a matching build
-_TILE = 16  # rows per tile in the kernels; thread chunks are cut at multiples of it
-_GROUP_SLOTS = 8 * 8 + 1  # the bounded pass's per-query accumulators (16 floats each)
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _I32 = ctypes.c_int32
-
-
-def cache_folder() -> Path:
-    """``$LORIF_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/lorif-serve/kernels`` (~/.cache)."""
-    if os.environ.get("LORIF_KERNEL_CACHE"):
-        return Path(os.environ["LORIF_KERNEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lorif-serve" / "kernels"
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _flags() -> list[str]:
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11"]
-    if platform.machine() in ("x86_64", "AMD64"):
-        flags.append("-mprefer-vector-width=512")  # full-width registers where AVX-512 exists
-    return flags
-
-
-def _build(compiler: str, source: bytes, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / _SOURCE
-        src.write_bytes(source)
-        built = Path(tmp) / target.name
-        subprocess.run(
-            [compiler, *_flags(), "-o", str(built), str(src)],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        os.replace(built, target)  # atomic: concurrent builders never see half a library
-
-
-@dataclass
-class KernelStatus:
-    kernel: FusedInt8Scan | None
-    reason: str  # why it is unavailable, or where it was loaded from
-
-
-def load_kernel() -> KernelStatus:
-    """Compile (once per machine and source) and load the kernel; never raises."""
-    if os.environ.get("LORIF_FUSED_KERNEL", "1") == "0":
-        return KernelStatus(None, "disabled by LORIF_FUSED_KERNEL=0")
-    compiler = os.environ.get("CC") or "cc"
-    if shutil.which(compiler) is None:
-        return KernelStatus(None, f"no C compiler ({compiler!r} not on PATH)")
-    source = resources.files(__package__).joinpath(_SOURCE).read_bytes()
-    key = hashlib.sha256(
-        source + " ".join([compiler, *_flags(), _cpu_flags(), platform.machine()]).encode()
-    ).hexdigest()[:16]
-    target = cache_folder() / f"scan_int8-{key}.so"
-    try:
-        if not target.exists():
-            _build(compiler, source, target)
-        library = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        reason = f"build failed: {exc} {detail.decode(errors='replace')[-300:]}".strip()
-        return KernelStatus(None, reason)
-    if library.lorif_kernel_version() != _VERSION:
-        return KernelStatus(None, f"stale build at {target}")
-    return KernelStatus(FusedInt8Scan(library), f"compiled kernel {target}")
-
-
-@dataclass
-class PreparedQuery:
-    """A batch of preconditioned queries laid out for the kernel."""
-
-    meta: torch.Tensor  # (layers, 8) int64
-    hq: torch.Tensor  # (B, Σ d1·d2) float32, each layer's block (db, da) row-major
-    work_floats: int
-    batch: int
-    bounded: BoundedQuery | None = None
-
-    def one(self, index: int) -> PreparedQuery:
-        """Query ``index`` alone (for the exact kernel)."""
-        return PreparedQuery(self.meta, self.hq[index : index + 1], self.work_floats, 1)
 
 
 class FusedInt8Scan:
@@ -165,32 +62,7 @@ class FusedInt8Scan:
         self, layout: RowLayout, codec: RowCodec, hq: dict[str, torch.Tensor]
     ) -> PreparedQuery:
         """Per scored layer: the kernel's column map, and Hq in the orientation it reads."""
-        metas: list[list[int]] = []
-        parts: list[torch.Tensor] = []
-        offset, work = 0, 1
-        scales = codec.scale_byte_offsets()
-        for index, spec in enumerate(layout.layers):
-            if spec.name not in hq:
-                continue
-            h = hq[spec.name].detach().to("cpu", torch.float32)
-            meta, part = _layer_meta(spec, layout.offsets[spec.name], scales[index], h)
-            metas.append([*meta, offset])
-            parts.append(part)
-            offset += spec.dim
-            # floats for a row's codes as float, or a tile's flipped b codes (bytes)
-            work = max(
-                work, meta[2] * (meta[3] + meta[4]) + 16, _TILE * meta[2] * meta[4] // 4 + 16
-            )
-        if not metas:
-            raise ValueError("the query names no layer of this index")
-        flat = torch.cat(parts, dim=1).contiguous()
-        # the bounded pass's accumulators sit at the end, 64-byte aligned
-        work = -(-work // 16) * 16 + flat.shape[0] * _GROUP_SLOTS * 16
-        table = torch.tensor(metas, dtype=torch.int64)
-        prepared = PreparedQuery(table, flat, work, flat.shape[0])
-        if self.has_bounded:
-            prepared.bounded = quantize_queries(table, parts, len(metas))
-        return prepared
+        return prepare_query(layout, codec, hq, bounded=self.has_bounded)
 
     def row_norms(self, query: PreparedQuery, rows: torch.Tensor) -> torch.Tensor:
         """(n, layers) s_a·s_b·Σ_k ‖a_k‖‖b_k‖ of the query's layers: they do not depend on
@@ -219,16 +91,16 @@ class FusedInt8Scan:
         _check_rows(rows)
         if not rows.is_contiguous():
             raise ValueError("rows must be contiguous to be tiled")
-        tiles = rows.shape[0] // _TILE
+        tiles = rows.shape[0] // TILE_ROWS
         per_thread = -(-tiles // self.threads)
         width = rows.shape[1]
 
         def run(first: int) -> None:
             count = min(per_thread, tiles - first)
-            tmp = torch.empty(_TILE * width, dtype=torch.int8)
+            tmp = torch.empty(TILE_ROWS * width, dtype=torch.int8)
             scratch = torch.empty(width, dtype=torch.uint8)
             self._tile_rows(
-                rows.data_ptr() + first * _TILE * width,
+                rows.data_ptr() + first * TILE_ROWS * width,
                 count,
                 width,
                 meta.data_ptr(),
@@ -238,7 +110,7 @@ class FusedInt8Scan:
             )
 
         list(self._pool.map(run, range(0, tiles, max(per_thread, 1))))
-        return tiles * _TILE
+        return tiles * TILE_ROWS
 
     def untile(
         self, meta: torch.Tensor, rows: torch.Tensor, tiled: int, which: torch.Tensor
@@ -277,8 +149,8 @@ class FusedInt8Scan:
         """
         bounded = _check_bounded(query, rows, norms, approx, margin)
 
-        if tiled and rows.shape[0] % _TILE:
-            raise ValueError(f"tiled rows come in whole tiles of {_TILE}")
+        if tiled and rows.shape[0] % TILE_ROWS:
+            raise ValueError(f"tiled rows come in whole tiles of {TILE_ROWS}")
         if levels not in (1, 2) or (levels == 2 and not tiled):
             raise ValueError("two query levels are for tiled rows only")
         fn = self._tiles if tiled else self._bounded
@@ -334,7 +206,7 @@ class FusedInt8Scan:
         up to rounding, which the bound covers). ``rows``: whole tiles. Returns the (tile,
         query) pairs refined."""
         bounded = _check_bounded(query, rows, norms, approx, margin)
-        if want.shape != (query.batch, rows.shape[0] // _TILE):
+        if want.shape != (query.batch, rows.shape[0] // TILE_ROWS):
             raise ValueError("want must be (B, tiles) of these rows")
         tiles = want.any(dim=0).nonzero().squeeze(1).contiguous()
         flags = want[:, tiles].t().contiguous().to(torch.uint8)  # (listed tiles, B)
@@ -401,7 +273,7 @@ class FusedInt8Scan:
         """Run ``job(start, stop, scratch)`` on one contiguous share of the n rows per thread
         (whole tiles), each with its own scratch space."""
         chunk = -(-max(n, 1) // self.threads)
-        chunk = -(-chunk // _TILE) * _TILE
+        chunk = -(-chunk // TILE_ROWS) * TILE_ROWS
         spans = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
         scratch = [torch.empty(query.work_floats, dtype=torch.float32) for _ in spans]
         jobs = [(a, b, w) for (a, b), w in zip(spans, scratch, strict=True)]
@@ -437,33 +309,3 @@ def _check_out(query: PreparedQuery, rows: torch.Tensor, out: torch.Tensor) -> N
         raise ValueError("out must be a (B, n) float32 buffer")
     if out.shape[1] < rows.shape[0]:
         raise ValueError("out has fewer columns than there are rows")
-
-
-def _layer_meta(
-    spec: LayerSpec, start: int, scales: tuple[int, int | None], h: torch.Tensor
-) -> tuple[list[int], torch.Tensor]:
-    """The kernel's view of one layer (a, b offsets, c, da, db, a and b scale bytes) and its
-    (B, db·da) query block. ``a`` is the vectorized side (``_vector_side``)."""
-    left_scale, right_scale = scales
-    if spec.dense:  # one component: a = G, b = the number 1
-        return [start, -1, 1, spec.dim, 1, left_scale, -1], h.reshape(h.shape[0], -1)
-    right_start = start + spec.rank * spec.d1
-    assert right_scale is not None
-    if _vector_side(spec.d1, spec.d2) == "left":  # a = L, H read as (d2, d1)
-        meta = [start, right_start, spec.rank, spec.d1, spec.d2, left_scale, right_scale]
-        return meta, h.transpose(1, 2).reshape(h.shape[0], -1)
-    meta = [right_start, start, spec.rank, spec.d2, spec.d1, right_scale, left_scale]
-    return meta, h.reshape(h.shape[0], -1)  # a = R, H read as (d1, d2)
-
-
-def _vector_side(d1: int, d2: int) -> str:
-    """The side held in vector lanes: the narrower of the sides that fill whole 16-float
-    registers (else 8), so the inner loops have no remainder and the per-lane work (one
-    conversion and product per register of a) is smallest; else the wider side."""
-    for width in (16, 8):
-        fits = [side for side, d in (("left", d1), ("right", d2)) if d % width == 0]
-        if len(fits) == 2:
-            return "left" if d1 <= d2 else "right"
-        if fits:
-            return fits[0]
-    return "left" if d1 >= d2 else "right"

@@ -1,0 +1,96 @@
+"""Building and loading the compiled scan kernels.
+
+``scan_int8.c`` is built with the machine's C compiler (``$CC``, else ``cc``) at ``-O3
+-march=native`` into a cache folder keyed by the source, the flags and the CPU's feature
+flags, then loaded with ctypes. Where no compiler is found or the build fails,
+``load_kernel`` returns no kernel with the reason, and the engine keeps the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from lorif_serve.server.kernels.fused import FusedInt8Scan
+
+_SOURCE = "scan_int8.c"
+_VERSION = 9  # lorif_kernel_version() of a matching build
+
+
+def cache_folder() -> Path:
+    """``$LORIF_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/lorif-serve/kernels`` (~/.cache)."""
+    if os.environ.get("LORIF_KERNEL_CACHE"):
+        return Path(os.environ["LORIF_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lorif-serve" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _flags() -> list[str]:
+    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-mprefer-vector-width=512")  # full-width registers where AVX-512 exists
+    return flags
+
+
+def _build(compiler: str, source: bytes, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / _SOURCE
+        src.write_bytes(source)
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [compiler, *_flags(), "-o", str(built), str(src)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        os.replace(built, target)  # atomic: concurrent builders never see half a library
+
+
+@dataclass
+class KernelStatus:
+    kernel: FusedInt8Scan | None
+    reason: str  # why it is unavailable, or where it was loaded from
+
+
+def load_kernel() -> KernelStatus:
+    """Compile (once per machine and source) and load the kernel; never raises."""
+    if os.environ.get("LORIF_FUSED_KERNEL", "1") == "0":
+        return KernelStatus(None, "disabled by LORIF_FUSED_KERNEL=0")
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        return KernelStatus(None, f"no C compiler ({compiler!r} not on PATH)")
+    source = resources.files(__package__).joinpath(_SOURCE).read_bytes()
+    key = hashlib.sha256(
+        source + " ".join([compiler, *_flags(), _cpu_flags(), platform.machine()]).encode()
+    ).hexdigest()[:16]
+    target = cache_folder() / f"scan_int8-{key}.so"
+    try:
+        if not target.exists():
+            _build(compiler, source, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        reason = f"build failed: {exc} {detail.decode(errors='replace')[-300:]}".strip()
+        return KernelStatus(None, reason)
+    if library.lorif_kernel_version() != _VERSION:
+        return KernelStatus(None, f"stale build at {target}")
+    return KernelStatus(FusedInt8Scan(library), f"compiled kernel {target}")
