@@ -36,8 +36,8 @@ SPECS = [
 ]
 
 
-def int8_rows(n, seed=0, duplicate_every=0):
-    layout = RowLayout(SPECS)
+def int8_rows(n, seed=0, duplicate_every=0, specs=SPECS):
+    layout = RowLayout(specs)
     codec = RowCodec(layout, torch.int8)
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(n, layout.width, generator=generator, dtype=torch.float64)
@@ -49,11 +49,11 @@ def int8_rows(n, seed=0, duplicate_every=0):
     return layout, codec, codec.encode(values)
 
 
-def queries(batch, seed=1):
+def queries(batch, seed=1, specs=SPECS):
     generator = torch.Generator().manual_seed(seed)
     return {
         s.name: torch.randn(batch, s.d1, s.d2, generator=generator, dtype=torch.float32)
-        for s in SPECS
+        for s in specs
     }
 
 
@@ -109,6 +109,34 @@ def test_bounded_interval_holds_every_fused_score(seed, tiled, levels):
     assert torch.all((reference - approx.double()).abs() <= margin.double())
     assert torch.all(margin > 0)  # the bound is not vacuous either:
     assert (margin / reference.std(dim=1, keepdim=True)).median() < 1
+
+
+@needs_bounded
+@pytest.mark.parametrize("levels", [1, 2])
+def test_tiled_interval_holds_where_products_are_summed_in_float(levels):
+    """A b side longer than 256 codes: four products may pass 2³¹ in int32, so the tiled
+    pass sums them in float32 (c = 4: one tile at a time; c = 5: four tiles at a time)."""
+    specs = [LayerSpec("long4", 64, 1088, 16, 272, 4), LayerSpec("long5", 64, 1040, 16, 260, 5)]
+    kernel = STATUS.kernel
+    n = 64 * kernel.threads + 40  # every thread's share holds four whole tiles
+    layout, codec, raw = int8_rows(n, 3, specs=specs)
+    hq = queries(2, 4, specs=specs)
+    prepared = kernel.prepare(layout, codec, hq)
+    assert all(int(m[4]) > 256 for m in prepared.meta)
+    approx = torch.empty(2, n, dtype=torch.float32)
+    margin = torch.empty_like(approx)
+    norms = kernel.row_norms(prepared, raw)
+    TiledRows(kernel, prepared.meta, raw.clone()).bounded(
+        prepared, 0, n, norms, approx, margin, levels
+    )
+    reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
+    assert torch.all((reference - approx.double()).abs() <= margin.double())
+    assert (margin / reference.std(dim=1, keepdim=True)).median() < 1
+    if levels == 1:  # the same integer products as the row pass, summed in another order
+        rowwise = torch.empty_like(approx)
+        kernel.bounded(prepared, raw, norms, rowwise, torch.empty_like(margin))
+        # (rounding apart: a thousandth of the quantization bound, row by row)
+        assert torch.all((approx - rowwise).abs() <= 1e-3 * margin)
 
 
 @needs_bounded

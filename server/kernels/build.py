@@ -22,7 +22,7 @@ from pathlib import Path
 from lorif_serve.server.kernels.fused import FusedInt8Scan
 
 _SOURCE = "scan_int8.c"
-_VERSION = 9  # lorif_kernel_version() of a matching build
+_VERSION = 10  # lorif_kernel_version() of a matching build
 
 
 def cache_folder() -> Path:
