@@ -513,9 +513,10 @@ static inline __m512i bcast4(const void *p)
     PRODUCTS("(%[a],%[sa])", "4", "5", "6", "7", "1", "1", "1", "1") \
     PRODUCTS("(%[a],%[sa],2)", "8", "9", "10", "11", "2", "2", "2", "2") \
     PRODUCTS("(%[a3])", "12", "13", "14", "15", "3", "3", "3", "3")
-/* The same products summed in int32 first (db <= 256: four products of |a| <= 128 and
- * |y| <= 127 * 128 * db stay below 2^31), each of the four sums converted and added once:
- * 13 integer operations and 8 float ones per four accumulators instead of 16 float ones. */
+/* The same products summed in int32 first (db <= INT_SUM_DB: four products of |a| <= 128
+ * and |y| <= 127 * 128 * db stay below 2^31), each sum of four converted and added once:
+ * 13 vector operations per four products instead of 16. */
+enum { INT_SUM_DB = 256 };
 #define IPRODUCT(A, Y) "vpmovsxbd " A ", %%zmm16\n\t" "vpmulld %%zmm16, %%zmm" Y ", %%zmm" Y "\n\t"
 #define IPRODUCTS(A, Y0, Y1, Y2, Y3) \
     IPRODUCT(A, Y0) IPRODUCT("16" A, Y1) IPRODUCT("32" A, Y2) IPRODUCT("48" A, Y3)
@@ -545,9 +546,9 @@ static inline void block4(const int8_t *ta, const int8_t *tb, int64_t sa, int64_
     const int8_t *a3 = ta + 3 * sa, *b3 = tb + 3 * sb, *b = tb;
     int64_t n = db / 4;
     __m512 t0 = t[0], t1 = t[1], t2 = t[2], t3 = t[3];
-    if (db <= 256 && by_tile)
+    if (db <= INT_SUM_DB && by_tile)
         __asm__ volatile(BLOCK4_LOOP IBY_TILE BLOCK4_OPERANDS);
-    else if (db <= 256)
+    else if (db <= INT_SUM_DB)
         __asm__ volatile(BLOCK4_LOOP IBY_ELEMENT BLOCK4_OPERANDS);
     else if (by_tile)
         __asm__ volatile(BLOCK4_LOOP BY_TILE BLOCK4_OPERANDS);
