@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lorif_serve.indexer.core.gradients import ProjectedGradients, collate, token_summed_loss
+from lorif_serve.indexer.core.output_head import IGNORE, OutputHead
 from lorif_serve.indexer.core.projection import make_projection
 from lorif_serve.indexer.inputs.layers import find_layers
 from tests.tiny import random_sequences, tiny_gpt2, tiny_llama
@@ -50,6 +51,7 @@ def test_hooks_equal_per_example_loop(factory, loss_starts):
     if min(loss_starts) > 1:  # the model is asked for fewer logits, and the result is the same
         assert capture._keep_argument and capture._positions_to_score(batch.labels) > 0
     hooked, losses = capture(batch)
+    assert capture.fused_output  # the losses and their gradients came from the fused layer
     for row, (tokens, start) in enumerate(zip(sequences, loss_starts, strict=True)):
         reference = naive_projected(model, layers, projections, tokens, start)
         for name, expected in reference.items():
@@ -57,6 +59,55 @@ def test_hooks_equal_per_example_loop(factory, loss_starts):
     # Weights were restored to trainable, the model to eval.
     assert all(p.requires_grad for p in model.parameters())
     assert losses.shape == (5,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_output_layer_equals_autograd_through_the_logits(dtype):
+    """Losses and the gradient reaching the output layer's input, chunked (a vocabulary
+    long enough for several chunks, ignored positions inside and between examples)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 40_000, bias=True, dtype=dtype)
+    layer.requires_grad_(False)
+    head = OutputHead(layer)
+    hidden = torch.randn(3, 9, 6, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, 40_000, (3, 9))
+    labels[0, :4] = IGNORE
+    labels[2, 6:] = IGNORE
+    weights = torch.randn(3, dtype=dtype)
+    expected = token_summed_loss(layer(hidden), labels)
+    (expected_grad,) = torch.autograd.grad((weights * expected).sum(), hidden)
+    with head.capturing():
+        empty = layer(hidden)
+    assert empty.shape == (3, 0, 40_000)
+    got = head.loss(labels)
+    (got_grad,) = torch.autograd.grad((weights * got).sum(), hidden)
+    tolerance = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(got, expected, **tolerance)
+    torch.testing.assert_close(got_grad, expected_grad, **tolerance)
+
+
+def test_logits_changed_after_the_output_layer_use_the_models_own():
+    """A model that scales its logits after the layer (as soft-capping models do) fails the
+    check against its own logits, and its gradients still equal the per-example loop."""
+    model = tiny_llama()
+
+    def scale_logits(_module, _inputs, output):
+        output.logits = output.logits * 0.5
+        return output
+
+    model.register_forward_hook(scale_logits)
+    layers = find_layers(model)
+    projections = {
+        layer.name: make_projection(layer.name, layer.in_features, layer.out_features, 4, 4, 0)
+        for layer in layers
+    }
+    sequences = random_sequences(3, seed=3)
+    capture = ProjectedGradients(model, projections)
+    hooked, _ = capture(collate(sequences, [1, 0, 2]))
+    assert not capture.fused_output
+    for row, (tokens, start) in enumerate(zip(sequences, [1, 0, 2], strict=True)):
+        for name, expected in naive_projected(model, layers, projections, tokens, start).items():
+            torch.testing.assert_close(hooked[name][row], expected, rtol=1e-9, atol=1e-11)
 
 
 def test_padding_does_not_change_gradients():

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lorif_serve.indexer.core.output_head import IGNORE, OutputHead
 from lorif_serve.indexer.core.projection import LayerProjection
 
-IGNORE = -100  # label value that contributes no loss (prompt tokens, padding)
 Observer = Callable[[str, torch.Tensor, torch.Tensor], None]
 
 
@@ -114,6 +114,8 @@ class ProjectedGradients:
         self._modules = {name: modules[name] for name in projections}
         self._cache: dict[tuple[str, torch.device, torch.dtype], LayerProjection] = {}
         self._keep_argument = _logits_to_keep_argument(model, self._modules.values())
+        self._head = OutputHead.of(model, self._modules.values())
+        self._embeds: torch.Tensor | None = None
 
     def _projection(self, name: str, like: torch.Tensor) -> LayerProjection:
         dtype = torch.promote_types(like.dtype, torch.float32)
@@ -130,6 +132,8 @@ class ProjectedGradients:
         ``observe(layer, x̃ (B, T, d1), δ̃ (B, T, d2))`` sees every layer's projected per-token
         inputs and output gradients (zero at padding), e.g. to accumulate Kronecker factors.
         """
+        if self._head is not None and self._head.verified is None:
+            self._verify_head(batch)
         grads: dict[str, torch.Tensor] = {}
         seen: set[str] = set()
         handles = [self._embedding_hook()]
@@ -139,14 +143,10 @@ class ProjectedGradients:
             handles.append(module.register_forward_hook(hook))
         try:
             with _weights_frozen(self.model), torch.enable_grad():
-                self._embeds: torch.Tensor | None = None
+                self._embeds = None
                 keep = self._positions_to_score(batch.labels)
                 extra = {self._keep_argument: keep} if keep and self._keep_argument else {}
-                out = self.model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, **extra
-                )
-                labels = batch.labels[:, -out.logits.shape[1] :]  # the kept positions' labels
-                losses = token_summed_loss(out.logits, labels)
+                losses = self._losses(batch, extra, self._head if self.fused_output else None)
                 if self._embeds is None:
                     raise RuntimeError("the model never called its input embeddings")
                 torch.autograd.backward(losses.sum(), inputs=[self._embeds])
@@ -158,6 +158,40 @@ class ProjectedGradients:
         if not_seen:
             raise RuntimeError(f"tracked layers got no gradient: {sorted(not_seen)[:5]}")
         return grads, losses.detach()
+
+    @property
+    def fused_output(self) -> bool:
+        """Whether the losses come from the fused output layer (``output_head``): known
+        after the first batch; False where the model's own logits are used."""
+        return self._head is not None and bool(self._head.verified)
+
+    def _losses(
+        self, batch: TokenBatch, extra: dict[str, int], head: OutputHead | None
+    ) -> torch.Tensor:
+        """Per-example losses (B,) of one forward: through ``head`` (the fused output layer),
+        or from the model's logits."""
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, **extra}
+        if head is None:
+            out = self.model(**inputs)
+            labels = batch.labels[:, -out.logits.shape[1] :]  # the kept positions' labels
+            return token_summed_loss(out.logits, labels)
+        with head.capturing():
+            self.model(**inputs)
+        return head.loss(batch.labels[:, -head.hidden.shape[1] :])
+
+    def _verify_head(self, batch: TokenBatch) -> None:
+        """Once per model: the fused output layer against the model's own logits (a model
+        may scale or cap its logits after the layer), on two labelled examples of a real
+        batch. A batch with nothing labelled leaves the check to the next one."""
+        assert self._head is not None
+        rows = (batch.labels != IGNORE).any(dim=1).nonzero().squeeze(1)[:2]
+        if rows.numel() == 0:
+            return
+        part = TokenBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.labels[rows])
+        with _weights_frozen(self.model), torch.no_grad():
+            reference = self._losses(part, {}, None)
+            fused = self._losses(part, {}, self._head)
+        self._head.verify(reference, fused)
 
     @staticmethod
     def _positions_to_score(labels: torch.Tensor) -> int:
