@@ -13,13 +13,12 @@ from lorif_serve.client.protocol import (
     AttributionQuery,
     AttributionResult,
     IndexSummary,
-    QueryInfo,
-    ResultItem,
     Timings,
 )
 from lorif_serve.indexer.core.kronecker import AnyCurvature
 from lorif_serve.indexer.core.query import ScanQuery, precondition
 from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.answers import AnswerWriter
 from lorif_serve.server.batcher import Answered, WorkItem
 from lorif_serve.server.engine import ScanEngine, ScanResult
 from lorif_serve.server.errors import ProblemError
@@ -84,6 +83,7 @@ class AttributionService:
             if isinstance(featurizer, ModelFeaturizer)
             else None  # a stand-in featurizer (tests) has no model to explain with
         )
+        self.answers = AnswerWriter(reader, self.summary)
         self.fields = FieldColumns.from_reader(reader)
         self.masks = MaskCache(self.fields)
         self.info = describe_index(
@@ -151,12 +151,7 @@ class AttributionService:
             scan_blocks=result.blocks,
         )
         energy = self._energy_kept(scan_query, len(items))
-        results = [
-            self._result(
-                row, item, result, timings, float(losses[row]), energy[row], began, matching[row]
-            )
-            for row, item in enumerate(items)
-        ]
+        results = self.answers.write(items, result, timings, losses, energy, began, matching)
         for row, (item, answer) in enumerate(zip(items, results, strict=True)):
             if item.query.explain:
                 self._explain(item, answer, {name: h[row] for name, h in hq.items()})
@@ -223,56 +218,3 @@ class AttributionService:
         m.scan_rows.inc(self.engine.n)
         m.scan_blocks.inc(result.blocks)
         m.scan_throughput.set(result.bytes / max(result.seconds, 1e-9))
-
-    def _result(
-        self,
-        row: int,
-        item: WorkItem,
-        scan: ScanResult,
-        timings: Timings,
-        loss: float,
-        energy: float | None,
-        began: float,
-        matching: int | None,
-    ) -> AttributionResult:
-        """``matching``: rows the query's filter allows (None: no filter); past them the
-        scan's k are filler."""
-        k = min(item.query.top_k, self.reader.n_examples)
-        if matching is not None:
-            k = min(k, matching)
-        results = self._items(
-            scan.top_scores[row, :k], scan.top_rows[row, :k], item.query.return_text
-        )
-        opponents = None
-        if item.query.opponents and scan.bottom_scores is not None and scan.bottom_rows is not None:
-            opponents = self._items(
-                scan.bottom_scores[row, :k], scan.bottom_rows[row, :k], item.query.return_text
-            )
-        tokens, start = item.encoded
-        prompt_tokens = start if item.query.prompt else 0  # an empty prompt still starts at 1
-        info = QueryInfo(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=len(tokens) - prompt_tokens,
-            unscored_tokens=start - prompt_tokens,  # the first token when there is no prompt
-            loss=loss,
-            energy_kept=energy,
-            matching=matching,
-        )
-        own = timings.model_copy(update={"queue_ms": 1000 * (began - item.enqueued)})
-        return AttributionResult(
-            results=results, opponents=opponents, query=info, index=self.summary, timings=own
-        )
-
-    def _items(self, scores: torch.Tensor, rows: torch.Tensor, with_text: bool) -> list[ResultItem]:
-        records = self.reader.examples(rows.tolist())
-        return [
-            ResultItem(
-                rank=rank + 1,
-                index=rec.row + self.reader.row_offset,
-                id=rec.id,
-                score=float(score),
-                text=rec.text if with_text else None,
-                metadata=rec.metadata,
-            )
-            for rank, (rec, score) in enumerate(zip(records, scores.tolist(), strict=True))
-        ]
