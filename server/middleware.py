@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lorif_serve.server.errors import BodyTooLarge, problem_response
@@ -37,28 +37,56 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class Observe:
+    """ASGI middleware: the declared body length and media type are checked before the app
+    runs (413 / 415), and every answered request is counted and timed by route.
+
+    Plain ASGI rather than ``@app.middleware("http")``: that form runs every request in its
+    own task and streams every response through a queue, which cost more than a route.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, limit: int) -> None:
+        self.app, self.metrics, self.limit = app, metrics, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refused = self._refusal(Headers(scope=scope), scope["method"])
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(path, scope["method"]).observe(time.perf_counter() - began)
+
+    def _refusal(self, headers: Headers, method: str) -> Response | None:
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            self.metrics.rejections.labels("body_too_large").inc()
+            return problem_response(413, f"request body over {self.limit} bytes")
+        if method == "POST" and not _is_json(headers.get("content-type")):
+            self.metrics.rejections.labels("media_type").inc()
+            given = headers.get("content-type") or "no content type"
+            return problem_response(415, f"send the body as application/json (got {given})")
+        return None
+
+
 def install_middleware(app: FastAPI, metrics: ServerMetrics, max_body_bytes: int) -> None:
     app.add_middleware(BodyLimit, limit=max_body_bytes)
-
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            metrics.rejections.labels("body_too_large").inc()
-            return problem_response(413, f"request body over {max_body_bytes} bytes")
-        if request.method == "POST" and not _is_json(request.headers.get("content-type")):
-            metrics.rejections.labels("media_type").inc()
-            given = request.headers.get("content-type") or "no content type"
-            return problem_response(415, f"send the body as application/json (got {given})")
-        began = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(path, request.method).observe(time.perf_counter() - began)
-        return response
+    app.add_middleware(Observe, metrics=metrics, limit=max_body_bytes)  # the outer one
 
 
 def _is_json(content_type: str | None) -> bool:

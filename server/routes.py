@@ -13,7 +13,7 @@ from lorif_serve.server.errors import ProblemError, error_responses
 from lorif_serve.server.serving import AttributionServing
 
 
-def serving_of(request: Request, _: Ready) -> AttributionServing:
+async def serving_of(request: Request, _: Ready) -> AttributionServing:
     """The serving object, once the lifespan made it and the server is ready."""
     return request.app.state.serving
 

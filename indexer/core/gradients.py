@@ -233,8 +233,9 @@ class ProjectedGradients:
                 raise RuntimeError(f"layer {name} ran twice in one forward; cannot attribute")
             seen.add(name)
             proj = self._projection(name, inputs[0])
-            x = inputs[0].to(proj.p_in.dtype) * mask.to(proj.p_in.dtype)  # padding contributes 0
-            x_proj = x @ proj.p_in  # (B, T, d1)
+            # padding contributes 0; masked after the projection, on d1 columns instead of
+            # the layer's full input width (the same numbers: the mask is 0 or 1)
+            x_proj = (inputs[0].to(proj.p_in.dtype) @ proj.p_in) * mask.to(proj.p_in.dtype)
 
             def on_grad(grad_out: torch.Tensor) -> None:
                 dy_proj = grad_out.to(proj.p_out.dtype) @ proj.p_out  # (B, T, d2)
