@@ -16,6 +16,7 @@ from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.core.scoring import score_reference
 from lorif_serve.server.fused_scan import FusedScanner
 from lorif_serve.server.kernels.build import load_kernel
+from lorif_serve.server.kernels.quantize import _spectral_norms
 from lorif_serve.server.tiled import TiledRows
 
 STATUS = load_kernel()
@@ -300,3 +301,22 @@ def test_kth_with_is_the_kth_after_merging_and_leaves_the_merger_alone(largest):
     assert torch.equal(got, merger.kth())
     few = RowMerger(50, largest).kth_with(scores, torch.arange(40))
     assert torch.all(few == (float("-inf") if largest else float("inf")))
+
+
+def test_spectral_norm_bounds_hold_and_stay_tight():
+    """The error terms' ‖E‖₂ are upper bounds, loose at most by side^(1/128) (reached when
+    every singular value is equal), at the scales of real queries' residuals."""
+    torch.manual_seed(0)
+    cases = [
+        torch.randn(5, 16, 64, dtype=torch.float64) * 1e-4,
+        torch.randn(5, 72, 24, dtype=torch.float64) * 1e6,
+        torch.eye(16, dtype=torch.float64).expand(2, 16, 16).clone(),
+        torch.zeros(2, 4, 8, dtype=torch.float64),
+    ]
+    for matrix, bound in zip(cases, _spectral_norms(cases), strict=True):
+        exact = torch.linalg.matrix_norm(matrix, ord=2)
+        side = min(matrix.shape[1:])
+        assert bool((bound >= exact * (1 - 1e-12)).all())
+        assert bool((bound <= exact * side ** (1 / 128) * (1 + 1e-12)).all())
+    equal = _spectral_norms([cases[2]])[0]
+    assert float(equal[0]) > 1.02  # the worst case is reached: the bound is not exact

@@ -40,10 +40,16 @@ def _round_up(eps: torch.Tensor) -> torch.Tensor:
 
 
 def _spectral_norms(matrices: list[torch.Tensor]) -> list[torch.Tensor]:
-    """‖M‖₂ (B,) of each (B, m, n) float64 matrix, as √λ_max of its Gram matrix on the
-    smaller side: one batched symmetric eigensolver call per shape rather than an SVD per
-    layer (the per-call cost dominated a batch's preparation). The relative error, ≈ 1e-15,
-    is far inside the bound's final +0.1 %."""
+    """Upper bounds on ‖M‖₂ (B,) of each (B, m, n) float64 matrix, within a factor
+    min(m, n)^(1/128) of it (≤ 1.04 for sides up to 128).
+
+    With G = MMᵀ on the smaller side (eigenvalues λᵢ ≥ 0), tr(G^64) = Σ λᵢ^64 ≥ λ_max^64,
+    so ‖M‖₂ = √λ_max ≤ tr(G^64)^(1/128), and the bound is loose only by the number of
+    eigenvalues close to the largest. Six batched squarings (each rescaled by its trace, so
+    nothing overflows) replace a symmetric eigensolver, whose per-matrix cost (≈ 8 µs for
+    16 × 16) dominated a batch's preparation. Rounding, ≈ 1e-14 relative, is far inside
+    the bound's final +0.1 %.
+    """
     out: list[torch.Tensor | None] = [None] * len(matrices)
     shapes: dict[tuple[int, ...], list[int]] = {}
     for index, matrix in enumerate(matrices):
@@ -52,10 +58,28 @@ def _spectral_norms(matrices: list[torch.Tensor]) -> list[torch.Tensor]:
         stacked = torch.cat([matrices[i] for i in members])  # (members · B, m, n)
         wide = shape[1] <= shape[2]
         gram = stacked @ stacked.transpose(1, 2) if wide else stacked.transpose(1, 2) @ stacked
-        norms = torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0).sqrt()
+        norms = _trace_power_bound(gram, _SQUARINGS).clamp_min(0).sqrt()
         for member, norm in zip(members, norms.split(shape[0]), strict=True):
             out[member] = norm
     return [norm for norm in out if norm is not None]
+
+
+_SQUARINGS = 6  # tr(G^(2^6)): within side^(1/64) of λ_max
+
+
+def _trace_power_bound(gram: torch.Tensor, squarings: int) -> torch.Tensor:
+    """tr(G^(2^s))^(1/2^s) ≥ λ_max for a batch of symmetric PSD matrices (…, n, n)."""
+    # Invariant: G^power = exp(power · log_scale) · gram.
+    log_scale = torch.zeros(gram.shape[0], dtype=gram.dtype)
+    power = 1
+    for _ in range(squarings):
+        trace = gram.diagonal(dim1=1, dim2=2).sum(dim=1).clamp_min(torch.finfo(gram.dtype).tiny)
+        gram = gram / trace[:, None, None]
+        log_scale = log_scale + torch.log(trace) / power
+        gram = gram @ gram
+        power *= 2
+    trace = gram.diagonal(dim1=1, dim2=2).sum(dim=1).clamp_min(0)
+    return torch.exp(log_scale) * trace ** (1.0 / power)
 
 
 def _packed(codes: torch.Tensor, da: int, db: int) -> torch.Tensor:
