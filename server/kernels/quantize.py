@@ -91,90 +91,151 @@ def _packed(codes: torch.Tensor, da: int, db: int) -> torch.Tensor:
     return signed.reshape(batch, lanes, db // 4, 4).permute(0, 2, 1, 3).reshape(batch, -1)
 
 
+@dataclass
+class _LayerCodes:
+    """One integer layer's share of a ``BoundedQuery`` (every tensor (B, …))."""
+
+    packed: torch.Tensor
+    fine: torch.Tensor
+    corrections: torch.Tensor
+    negated: torch.Tensor
+    fine_negated: torch.Tensor
+    scale: torch.Tensor
+    eps: torch.Tensor
+    fine_eps: torch.Tensor
+
+
+def _integer(meta: torch.Tensor, index: int) -> bool:
+    """Whether the integer passes take layer ``index`` (else it is scored in float)."""
+    _, b_offset, c, _, db = (int(v) for v in meta[index, :5])
+    return db % 4 == 0 and db <= 1024 and c <= 256 and b_offset >= 0
+
+
+def _rounding(h: torch.Tensor, c: int, layers: int) -> torch.Tensor:
+    """The float32 rounding term of the bound for (…, da, db) queries of rank-c rows."""
+    da, db = h.shape[-2:]
+    depth = c * (da + db) + (c + 1) * layers + 16
+    return 2.0 * _UNIT * depth * torch.linalg.matrix_norm(h)
+
+
+def _quantize_group(h: torch.Tensor, c: int, layers: int) -> list[_LayerCodes]:
+    """Both levels of G layers of one shape at once: ``h`` (G, B, da, db) float64."""
+    groups, batch, da, db = h.shape
+    rounding = _rounding(h, c, layers)  # (G, B)
+    scale = (h.abs().amax(dim=(2, 3)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = scale.to(torch.float32).to(torch.float64)  # the value the kernel multiplies by
+    s = scale[:, :, None, None]
+    codes = torch.round(h / s).clamp_(-127, 127)
+    rest = torch.round((h - codes * s) / (s / _FINE)).clamp_(-127, 127)
+    one, two = _spectral_norms(
+        [(h - codes * s).flatten(0, 1), (h - (codes + rest / _FINE) * s).flatten(0, 1)]
+    )
+    lanes = -(-da // 16) * 16
+    sums, fine_sums = codes.sum(dim=3), rest.sum(dim=3)  # (G, B, da)
+    corrections = torch.zeros(groups, batch, lanes, dtype=torch.int32)
+    corrections[:, :, :da] = (128 * sums).to(torch.int32)
+    packed = _packed(codes.flatten(0, 1), da, db).view(groups, batch, -1)
+    fine = _packed(rest.flatten(0, 1), da, db).view(groups, batch, -1)
+    negated, fine_negated = (-128 * sums).to(torch.int32), (-128 * fine_sums).to(torch.int32)
+    one, two = one.view(groups, batch), two.view(groups, batch)
+    return [
+        _LayerCodes(
+            packed[g],
+            fine[g],
+            corrections[g],
+            negated[g],
+            fine_negated[g],
+            scale[g],
+            rounding[g] + one[g],
+            2 * rounding[g] + two[g],
+        )
+        for g in range(groups)
+    ]
+
+
 def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int) -> BoundedQuery:
     """Per layer and query: H8 = round(H / s_H), s_H = max|H| / 127, H8' = round((H −
     s_H·H8) / (s_H/128)), and the error terms of both levels.
 
-    eps = ‖H − Ĥ‖₂ (spectral norm, float64, Ĥ the quantized query) + a float32 rounding
+    eps = ‖H − Ĥ‖₂ (spectral norm, float64, Ĥ the quantized query; an upper bound on it,
+    ``_spectral_norms``) + a float32 rounding
     term that covers both this pass and the exact kernel: 2⁻²³ · depth · ‖H‖_F with depth =
     c·(da + db) + (c + 1)·layers + 16 (twice the products for two levels), the standard bound
     on a sum of that depth (a product's lanes, then c·layers partial sums), with
     ‖H‖_F ≥ ‖|H|‖₂. For any row, |⟨H − Ĥ, Σ_k a_k b_kᵀ⟩| ≤ ‖H − Ĥ‖₂ · Σ_k ‖a_k‖‖b_k‖
     (Cauchy–Schwarz on each component), so eps times the row's Σ_k ‖a_k‖‖b_k‖ bounds the
     difference between the two computed scores.
+
+    Layers of one shape are quantized together (a batch's preparation is mostly per-call
+    overhead: 14 layers took ≈ 25 small torch calls each).
     """
+    batch = parts[0].shape[0]
+    codes: list[_LayerCodes | None] = [None] * layers
+    shapes: dict[tuple[int, int, int], list[int]] = {}
+    for index in range(layers):
+        if _integer(meta, index):
+            c, da, db = (int(v) for v in meta[index, 2:5])
+            shapes.setdefault((c, da, db), []).append(index)
+    for (c, da, db), members in shapes.items():
+        stacked = torch.stack([parts[i] for i in members]).to(torch.float64)
+        h = stacked.reshape(len(members), batch, db, da).transpose(2, 3)  # (G, B, da, db)
+        for index, layer in zip(members, _quantize_group(h, c, layers), strict=True):
+            codes[index] = layer
+    return _assemble(meta, parts, codes, layers)
+
+
+def _assemble(
+    meta: torch.Tensor, parts: list[torch.Tensor], codes: list[_LayerCodes | None], layers: int
+) -> BoundedQuery:
+    """The layers' codes joined in layer order, with each layer's offsets (−1: float)."""
     batch = parts[0].shape[0]
     offsets: list[int] = []
     corr_offsets: list[int] = []
     neg_offsets: list[int] = []
-    packed: list[torch.Tensor] = []
-    fine: list[torch.Tensor] = []
     scales: list[torch.Tensor] = []
     eps: list[torch.Tensor] = []
     fine_eps: list[torch.Tensor] = []
-    corrections: list[torch.Tensor] = []
-    negated: list[torch.Tensor] = []
-    fine_negated: list[torch.Tensor] = []
-    errors: list[torch.Tensor] = []  # per integer layer: H − Ĥ at one level, at two
-    integer_layers: list[int] = []
     position = corr_position = neg_position = 0
-    for index in range(layers):
-        _, _, c, da, db = (int(v) for v in meta[index, :5])
-        h = parts[index].to(torch.float64).reshape(batch, db, da).transpose(1, 2)  # (B, da, db)
-        depth = c * (da + db) + (c + 1) * layers + 16
-        rounding = 2.0 * _UNIT * depth * torch.linalg.matrix_norm(h)
-        integer = db % 4 == 0 and db <= 1024 and c <= 256 and int(meta[index, 1]) >= 0
-        if not integer:
-            for offsets_list in (offsets, corr_offsets, neg_offsets):
-                offsets_list.append(-1)
+    for index, layer in enumerate(codes):
+        if layer is None:  # scored in float: the rounding term only
+            _, _, c, da, db = (int(v) for v in meta[index, :5])
+            h = parts[index].to(torch.float64).reshape(batch, db, da).transpose(1, 2)
+            rounding = _rounding(h, c, layers)
+            for listed in (offsets, corr_offsets, neg_offsets):
+                listed.append(-1)
             scales.append(torch.ones(batch, dtype=torch.float64))
             eps.append(rounding)
             fine_eps.append(rounding)
             continue
-        scale = (h.abs().amax(dim=(1, 2)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-        scale = scale.to(torch.float32).to(torch.float64)  # the value the kernel multiplies by
-        s = scale[:, None, None]
-        codes = torch.round(h / s).clamp_(-127, 127)
-        rest = torch.round((h - codes * s) / (s / _FINE)).clamp_(-127, 127)
-        errors.append(h - codes * s)
-        errors.append(h - (codes + rest / _FINE) * s)
-        packed.append(_packed(codes, da, db))
-        fine.append(_packed(rest, da, db))
         offsets.append(position)
-        position += packed[-1].shape[1]
-        lanes = -(-da // 16) * 16
-        corr = torch.zeros(batch, lanes, dtype=torch.int32)
-        corr[:, :da] = (128 * codes.sum(dim=2)).to(torch.int32)
-        corrections.append(corr)
         corr_offsets.append(corr_position)
-        corr_position += lanes
-        negated.append((-128 * codes.sum(dim=2)).to(torch.int32))
-        fine_negated.append((-128 * rest.sum(dim=2)).to(torch.int32))
         neg_offsets.append(neg_position)
-        neg_position += da
-        scales.append(scale)
-        eps.append(rounding)  # + ‖H − Ĥ‖₂ of each level, computed together below
-        fine_eps.append(2 * rounding)
-        integer_layers.append(index)
+        position += layer.packed.shape[1]
+        corr_position += layer.corrections.shape[1]
+        neg_position += layer.negated.shape[1]
+        scales.append(layer.scale)
+        eps.append(layer.eps)
+        fine_eps.append(layer.fine_eps)
+    present = [layer for layer in codes if layer is not None]
 
-    norms = _spectral_norms(errors)
-    for position, index in enumerate(integer_layers):
-        eps[index] = eps[index] + norms[2 * position]
-        fine_eps[index] = fine_eps[index] + norms[2 * position + 1]
+    def joined(name: str, dtype: torch.dtype) -> torch.Tensor:
+        if not present:
+            return torch.zeros(batch, 1, dtype=dtype)
+        return torch.cat([getattr(layer, name) for layer in present], dim=1).contiguous()
 
-    def joined(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        return torch.cat(parts, dim=1).contiguous() if parts else torch.zeros(batch, 1, dtype=dtype)
+    def table(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64)
 
     return BoundedQuery(
-        torch.tensor(offsets, dtype=torch.int64),
-        joined(packed, torch.int8),
-        torch.tensor(corr_offsets, dtype=torch.int64),
-        joined(corrections, torch.int32),
+        table(offsets),
+        joined("packed", torch.int8),
+        table(corr_offsets),
+        joined("corrections", torch.int32),
         torch.stack(scales, dim=1).to(torch.float32).contiguous(),
         _round_up(torch.stack(eps, dim=1)),
-        torch.tensor(neg_offsets, dtype=torch.int64),
-        joined(negated, torch.int32),
-        joined(fine, torch.int8),
-        joined(fine_negated, torch.int32),
+        table(neg_offsets),
+        joined("negated", torch.int32),
+        joined("fine", torch.int8),
+        joined("fine_negated", torch.int32),
         _round_up(torch.stack(fine_eps, dim=1)),
     )
