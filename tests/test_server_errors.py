@@ -128,6 +128,15 @@ def test_500_never_leaks_a_trace(index_path):
     with TestClient(app, raise_server_exceptions=False) as client:
         body = assert_problem(client.post("/v1/attributions", json=QUERY), 500)
         assert "ZeroDivision" not in body["detail"]
+        assert_problem(client.post("/v1/attributions", content=b"x"), 415)
+        metrics = client.get("/metrics").text
+    # the failed request counted by route and status, the refusal by its reason
+    for line in (
+        'lorif_http_requests_total{method="POST",route="/v1/attributions",status="500"}',
+        'lorif_rejections_total{reason="media_type"}',
+    ):
+        counted = [row for row in metrics.splitlines() if row.startswith(line)]
+        assert counted and float(counted[0].split()[-1]) == 1.0, line
 
 
 def test_openapi_declares_errors_and_info_routes(index_path):
