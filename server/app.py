@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
-from lorif_serve.server.batcher import DynamicBatcher
+from lorif_serve.server.batcher import DynamicBatcher, RequestsInFlight
 from lorif_serve.server.device import DeviceThread
 from lorif_serve.server.errors import install_error_handlers
 from lorif_serve.server.loading import load_service
@@ -39,10 +39,11 @@ def create_app(
     )
     app.state.settings, app.state.metrics = settings, metrics
     app.state.service, app.state.ready, app.state.lifespans = service, False, 0
+    app.state.in_flight = RequestsInFlight()
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(page_router)
-    install_middleware(app, metrics, settings.max_body_bytes)
+    install_middleware(app, metrics, settings.max_body_bytes, app.state.in_flight)
     return app
 
 
@@ -65,7 +66,12 @@ def _lifespan(
             app.state.service = device.call(load_service, settings, metrics)
         service: AttributionService = app.state.service
         batcher = DynamicBatcher(
-            service.process, settings.max_batch, settings.max_wait_ms, settings.max_queue, metrics
+            service.process,
+            settings.max_batch,
+            settings.max_wait_ms,
+            settings.max_queue,
+            metrics,
+            app.state.in_flight,
         )
         batcher.start(device)
         app.state.serving = AttributionServing(service, batcher, settings, metrics)

@@ -25,6 +25,14 @@ from lorif_serve.server.device import DeviceThread
 from lorif_serve.server.metrics import ServerMetrics
 
 
+class RequestsInFlight:
+    """POST requests the server has received and not yet answered (counted by the HTTP
+    middleware on the event loop; the scan thread only reads the number)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class QueueFull(Exception):
     """No room for the request's queries now (→ 503; retrying later may succeed)."""
 
@@ -139,8 +147,12 @@ class DynamicBatcher:
         max_wait_ms: float,
         max_queue: int,
         metrics: ServerMetrics,
+        in_flight: RequestsInFlight | None = None,
     ) -> None:
+        """``in_flight``: where given, a query that is the only request in the server is
+        answered at once instead of waiting ``max_wait_ms`` for company."""
         self._process = process
+        self._in_flight = in_flight
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self._queue: queue.Queue[WorkItem] = queue.Queue(maxsize=max_queue)
         self._slots = threading.Semaphore(max_queue)  # reserve room for a whole batch request
@@ -223,18 +235,26 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[WorkItem]:
         """The first queued item (waiting up to 50 ms, so shutdown is noticed), then up to
-        ``max_batch`` more that arrive within ``max_wait``."""
+        ``max_batch`` more that arrive within ``max_wait`` — unless nothing else is queued
+        and no other request is in the server, when waiting could only add latency (one
+        client: the whole window, 5 ms by default, on every query)."""
         first = self._get(0.05)
         if first is None:
             return []
         batch = [first]
         until = time.perf_counter() + self.max_wait
         while len(batch) < self.max_batch:
+            if self._alone():
+                break
             item = self._get(until - time.perf_counter())
             if item is None:
                 break
             batch.append(item)
         return batch
+
+    def _alone(self) -> bool:
+        """Nothing queued, and at most one request (the batch's own) received."""
+        return self._in_flight is not None and self._in_flight.count <= 1 and self._queue.empty()
 
     def _run(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lorif_serve.server.batcher import RequestsInFlight
 from lorif_serve.server.errors import BodyTooLarge, problem_response
 from lorif_serve.server.metrics import ServerMetrics
 
@@ -45,8 +46,10 @@ class Observe:
     own task and streams every response through a queue, which cost more than a route.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics, limit: int) -> None:
-        self.app, self.metrics, self.limit = app, metrics, limit
+    def __init__(
+        self, app: ASGIApp, metrics: ServerMetrics, limit: int, in_flight: RequestsInFlight
+    ) -> None:
+        self.app, self.metrics, self.limit, self.in_flight = app, metrics, limit, in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,9 +68,12 @@ class Observe:
                 status = message["status"]
             await send(message)
 
+        counted = scope["method"] == "POST"  # the requests that bring queries
+        self.in_flight.count += int(counted)
         try:
             await self.app(scope, receive, sending)
         finally:
+            self.in_flight.count -= int(counted)
             path = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
             self.metrics.latency.labels(path, scope["method"]).observe(time.perf_counter() - began)
@@ -84,9 +90,12 @@ class Observe:
         return None
 
 
-def install_middleware(app: FastAPI, metrics: ServerMetrics, max_body_bytes: int) -> None:
+def install_middleware(
+    app: FastAPI, metrics: ServerMetrics, max_body_bytes: int, in_flight: RequestsInFlight
+) -> None:
     app.add_middleware(BodyLimit, limit=max_body_bytes)
-    app.add_middleware(Observe, metrics=metrics, limit=max_body_bytes)  # the outer one
+    # the outer one
+    app.add_middleware(Observe, metrics=metrics, limit=max_body_bytes, in_flight=in_flight)
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import time
 
 import httpx
 import pytest
@@ -106,6 +107,19 @@ def test_concurrent_clients_are_batched_and_exact(index_path):
     assert max(fake.batch_sizes) > 1
     count = float(re.search(r"^lorif_batch_size_count (\S+)", metrics, re.M).group(1))
     assert count < 32  # fewer scans than queries
+
+
+def test_a_lone_query_does_not_wait_out_the_batching_window(index_path):
+    """With nothing else in the server, a query is answered at once; the window (3 s here)
+    is for company that is on its way."""
+    app, fake = make_app(index_path, max_wait_ms=3000, max_batch=32)
+    query = {"prompt": "film", "completion": "star", "top_k": 2}
+    with TestClient(app) as client:
+        for _ in range(2):
+            began = time.perf_counter()
+            assert client.post("/v1/attributions", json=query).status_code == 200
+            assert time.perf_counter() - began < 1.5
+    assert fake.batch_sizes == [1, 1]
 
 
 def test_an_empty_prompt_reports_its_unscored_first_token(index_path):
