@@ -59,6 +59,9 @@ def load_service(settings: ServerSettings, metrics: ServerMetrics) -> Attributio
         path = _model_path(settings, reader)
         precision = reader.metadata["config"]["precision"]
         loaded = load_model(path, settings.device, precision)
+        # served as it is: no weight gradients, no dropout (the featurizer then has
+        # nothing to switch per pass)
+        loaded.model.requires_grad_(False).eval()
         check_model(reader, identify(loaded.model, loaded.tokenizer, str(path)))
         device = resolve_device(settings.device)
         projections = {
