@@ -86,6 +86,24 @@ def test_fused_output_layer_equals_autograd_through_the_logits(dtype):
     torch.testing.assert_close(got_grad, expected_grad, **tolerance)
 
 
+def test_fused_output_layer_refuses_what_it_cannot_do():
+    layer = torch.nn.Linear(4, 10, dtype=torch.float64)
+    head = OutputHead(layer)
+    labels = torch.tensor([[1, 2, 3]])
+    with head.capturing():
+        layer(torch.randn(1, 3, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="no weight gradient"):
+        head.loss(labels)  # trainable weights would get no gradient
+    layer.requires_grad_(False)
+    hidden = torch.randn(1, 3, 4, dtype=torch.float64, requires_grad=True)
+    with head.capturing():
+        layer(hidden)
+    loss = head.loss(labels).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward"):
+        loss.backward()  # the saved gradient was scaled in place
+
+
 def test_logits_changed_after_the_output_layer_use_the_models_own():
     """A model that scales its logits after the layer (as soft-capping models do) fails the
     check against its own logits, and its gradients still equal the per-example loop."""

@@ -72,11 +72,14 @@ class _OutputCrossEntropy(torch.autograd.Function):
             z.scatter_add_(1, labels, torch.full_like(total, -1.0))
             grad[picked] = (z.to(weight.dtype) @ weight).to(grad.dtype)
         ctx.save_for_backward(grad)
-        ctx.shape = hidden.shape
+        ctx.shape, ctx.used = hidden.shape, False
         return per_row.view(batch, length).sum(dim=1)
 
     @staticmethod
     def backward(ctx: Any, grad_losses: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.used:
+            raise RuntimeError("the fused output layer's gradient is consumed by one backward")
+        ctx.used = True
         (grad,) = ctx.saved_tensors
         batch, length, width = ctx.shape
         scale = grad_losses.to(grad.dtype).repeat_interleave(length).unsqueeze(1)
@@ -130,6 +133,8 @@ class OutputHead:
         ``labels`` (B, T) aligned with the captured positions: position t predicts
         labels[:, t + 1].
         """
+        if self.layer.weight.requires_grad:
+            raise RuntimeError("the fused output layer gives no weight gradient: freeze it")
         hidden, self._hidden = self.hidden, None
         targets = torch.full_like(labels, IGNORE)
         targets[:, :-1] = labels[:, 1:]
