@@ -86,6 +86,25 @@ def test_fused_output_layer_equals_autograd_through_the_logits(dtype):
     torch.testing.assert_close(got_grad, expected_grad, **tolerance)
 
 
+def test_a_forward_that_bypasses_its_output_layer_uses_its_own_logits():
+    """Logits computed without calling the output layer module: the check captures no
+    input, so the model's logits are used (and the gradients stay exact)."""
+    model = tiny_llama()
+    layers = find_layers(model)
+    projections = {
+        layer.name: make_projection(layer.name, layer.in_features, layer.out_features, 4, 4, 0)
+        for layer in layers
+    }
+    capture = ProjectedGradients(model, projections)
+    capture._head.layer = torch.nn.Linear(1, 1)  # a layer this model's forward never calls
+    sequences = random_sequences(2, seed=5)
+    hooked, _ = capture(collate(sequences, [1, 0]))
+    assert not capture.fused_output
+    for row, (tokens, start) in enumerate(zip(sequences, [1, 0], strict=True)):
+        for name, expected in naive_projected(model, layers, projections, tokens, start).items():
+            torch.testing.assert_close(hooked[name][row], expected, rtol=1e-9, atol=1e-11)
+
+
 def test_fused_output_layer_refuses_what_it_cannot_do():
     layer = torch.nn.Linear(4, 10, dtype=torch.float64)
     head = OutputHead(layer)
