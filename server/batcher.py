@@ -153,6 +153,7 @@ class DynamicBatcher:
         answered at once instead of waiting ``max_wait_ms`` for company."""
         self._process = process
         self._in_flight = in_flight
+        self._last_size = 1  # queries in the last batch taken
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self._queue: queue.Queue[WorkItem] = queue.Queue(maxsize=max_queue)
         self._slots = threading.Semaphore(max_queue)  # reserve room for a whole batch request
@@ -235,9 +236,11 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[WorkItem]:
         """The first queued item (waiting up to 50 ms, so shutdown is noticed), then up to
-        ``max_batch`` more that arrive within ``max_wait`` — unless nothing else is queued
-        and no other request is in the server, when waiting could only add latency (one
-        client: the whole window, 5 ms by default, on every query)."""
+        ``max_batch`` more that arrive within ``max_wait`` — unless the last batch was a
+        lone query too and now nothing else is queued and no other request is in the server:
+        waiting could then only add latency (one client: the whole window, 5 ms by default,
+        on every query). After a batch of several, the window stays: a few clients answered
+        together come back together, a few milliseconds apart."""
         first = self._get(0.05)
         if first is None:
             return []
@@ -250,11 +253,18 @@ class DynamicBatcher:
             if item is None:
                 break
             batch.append(item)
+        self._last_size = len(batch)
         return batch
 
     def _alone(self) -> bool:
-        """Nothing queued, and at most one request (the batch's own) received."""
-        return self._in_flight is not None and self._in_flight.count <= 1 and self._queue.empty()
+        """A lone query after a lone query: nothing queued, at most one request (the
+        batch's own) received, and the last batch was one query."""
+        return (
+            self._in_flight is not None
+            and self._last_size <= 1
+            and self._in_flight.count <= 1
+            and self._queue.empty()
+        )
 
     def _run(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):
