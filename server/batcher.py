@@ -149,8 +149,9 @@ class DynamicBatcher:
         metrics: ServerMetrics,
         in_flight: RequestsInFlight | None = None,
     ) -> None:
-        """``in_flight``: where given, a query that is the only request in the server is
-        answered at once instead of waiting ``max_wait_ms`` for company."""
+        """``in_flight``: where given, a query that is the only request in the server, after
+        a batch that was a lone query too, is answered at once instead of waiting
+        ``max_wait_ms`` for company (``_next_batch``)."""
         self._process = process
         self._in_flight = in_flight
         self._last_size = 1  # queries in the last batch taken
