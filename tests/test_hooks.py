@@ -86,23 +86,32 @@ def test_fused_output_layer_equals_autograd_through_the_logits(dtype):
     torch.testing.assert_close(got_grad, expected_grad, **tolerance)
 
 
+def small_projections(layers):
+    return {
+        layer.name: make_projection(layer.name, layer.in_features, layer.out_features, 4, 4, 0)
+        for layer in layers
+    }
+
+
+def assert_model_logits_used(model, capture, projections, starts, seed):
+    """The capture fell back to the model's logits, and its gradients equal the loop's."""
+    layers = find_layers(model)
+    sequences = random_sequences(len(starts), seed=seed)
+    hooked, _ = capture(collate(sequences, starts))
+    assert not capture.fused_output
+    for row, (tokens, start) in enumerate(zip(sequences, starts, strict=True)):
+        for name, expected in naive_projected(model, layers, projections, tokens, start).items():
+            torch.testing.assert_close(hooked[name][row], expected, rtol=1e-9, atol=1e-11)
+
+
 def test_a_forward_that_bypasses_its_output_layer_uses_its_own_logits():
     """Logits computed without calling the output layer module: the check captures no
     input, so the model's logits are used (and the gradients stay exact)."""
     model = tiny_llama()
-    layers = find_layers(model)
-    projections = {
-        layer.name: make_projection(layer.name, layer.in_features, layer.out_features, 4, 4, 0)
-        for layer in layers
-    }
+    projections = small_projections(find_layers(model))
     capture = ProjectedGradients(model, projections)
     capture._head.layer = torch.nn.Linear(1, 1)  # a layer this model's forward never calls
-    sequences = random_sequences(2, seed=5)
-    hooked, _ = capture(collate(sequences, [1, 0]))
-    assert not capture.fused_output
-    for row, (tokens, start) in enumerate(zip(sequences, [1, 0], strict=True)):
-        for name, expected in naive_projected(model, layers, projections, tokens, start).items():
-            torch.testing.assert_close(hooked[name][row], expected, rtol=1e-9, atol=1e-11)
+    assert_model_logits_used(model, capture, projections, [1, 0], seed=5)
 
 
 def test_fused_output_layer_refuses_what_it_cannot_do():
@@ -133,28 +142,14 @@ def test_logits_changed_after_the_output_layer_use_the_models_own():
         return output
 
     model.register_forward_hook(scale_logits)
-    layers = find_layers(model)
-    projections = {
-        layer.name: make_projection(layer.name, layer.in_features, layer.out_features, 4, 4, 0)
-        for layer in layers
-    }
-    sequences = random_sequences(3, seed=3)
+    projections = small_projections(find_layers(model))
     capture = ProjectedGradients(model, projections)
-    hooked, _ = capture(collate(sequences, [1, 0, 2]))
-    assert not capture.fused_output
-    for row, (tokens, start) in enumerate(zip(sequences, [1, 0, 2], strict=True)):
-        for name, expected in naive_projected(model, layers, projections, tokens, start).items():
-            torch.testing.assert_close(hooked[name][row], expected, rtol=1e-9, atol=1e-11)
+    assert_model_logits_used(model, capture, projections, [1, 0, 2], seed=3)
 
 
 def test_padding_does_not_change_gradients():
     model = tiny_llama()
-    layers = find_layers(model)
-    projections = {
-        layer.name: make_projection(layer.name, layer.in_features, layer.out_features, 4, 4, 0)
-        for layer in layers
-    }
-    capture = ProjectedGradients(model, projections)
+    capture = ProjectedGradients(model, small_projections(find_layers(model)))
     short, long = (
         random_sequences(2, seed=7, low=4, high=5)[0],
         random_sequences(1, seed=8, low=20, high=21)[0],
