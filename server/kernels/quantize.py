@@ -31,8 +31,8 @@ class BoundedQuery:
 
 _UNIT = 2.0**-24  # float32 unit roundoff
 # Float64 query values quantized in one group: the group's temporaries (a dozen of its size)
-# then stay in L2/L3. One group of all same-shape layers was 2.8 s per batch of 16 queries
-# at SmolLM2-135M dims (3.5 M values per shape, fresh pages for every temporary).
+# then stay in L2/L3. One group of all same-shape layers took 3.5 s to prepare 16 queries at
+# SmolLM2-135M dims (3.5 M values per shape, fresh pages for every temporary), these 0.7 s.
 _GROUP_BYTES = 1 << 20
 _FINE = 128.0  # the second level's codes count 1/128 of the first's
 
