@@ -159,6 +159,12 @@ def serving_block(data: dict) -> str:  # type: ignore[type-arg]
         for h in data["http"]
     )
     lines += ["", f"Through HTTP on the demo index: {levels}."]
+    if data.get("http_smollm2"):
+        smol = ", ".join(
+            f"{h['qps']:.1f} at {h['clients']} (p50 {h['p50_ms']:.0f} ms)"
+            for h in data["http_smollm2"]
+        )
+        lines[-1] += f" On a SmolLM2-135M index, queries/s at that many clients: {smol}."
     return "\n".join(lines)
 
 

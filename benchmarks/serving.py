@@ -6,9 +6,11 @@
    from the same residency (warm page cache) and against FLOPs / measured GEMM rate.
 2. HTTP: queries/s and latency at 1, 4, 16 and 64 concurrent clients against a real server
    process on the demo index.
+3. With ``--smollm2-index`` (an index built with the SmolLM2-135M GGUF of
+   ``benchmarks.indexing``): the same single-query split and HTTP at 1, 4 and 16 clients on it.
 
     python -m benchmarks.serving --index .cache/bbc/bbc.h5 --model .cache/bbc/model-300steps \
-        --synthetic .cache/syn-1m.h5
+        --synthetic .cache/syn-1m.h5 [--smollm2-index .cache/smol-c1.h5]
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from lorif_serve.server.metrics import ServerMetrics
 from lorif_serve.server.service import AttributionService, QueryOptions
 
 from .common import median_seconds, write_result
+from .indexing import smollm2_gguf
 
 REPEATS = 5
+SMOL_SECONDS = 30.0
 
 
 def gemm_rate() -> float:
@@ -159,7 +163,12 @@ async def http_load(
 
 
 def http_section(
-    index: Path, model_dir: Path, query: tuple[str, str], *extra: str
+    index: Path,
+    model_dir: Path,
+    query: tuple[str, str],
+    *extra: str,
+    levels: tuple[int, ...] = (1, 4, 16, 64),
+    seconds: float = 8.0,
 ) -> list[dict[str, Any]]:
     port = free_port()
     command = server_command(index, model_dir, port, "cpu", "--residency", "ram", *extra)
@@ -168,7 +177,7 @@ def http_section(
         url = f"http://127.0.0.1:{port}"
         with Client(url, retry=RetryPolicy(max_retries=0)) as client:
             wait_ready(client, process)
-        return [asyncio.run(http_load(url, clients, 8.0, query)) for clients in (1, 4, 16, 64)]
+        return [asyncio.run(http_load(url, clients, seconds, query)) for clients in levels]
     finally:
         process.terminate()
         process.wait(60)
@@ -180,6 +189,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--synthetic", type=Path, help="a large synthetic index with the same dims")
     parser.add_argument("--held-out", type=Path, default=Path(".cache/bbc/held_out.jsonl"))
+    parser.add_argument(
+        "--smollm2-index",
+        type=Path,
+        help="an index built with SmolLM2-135M (benchmarks.indexing's GGUF): its single-query "
+        "split and HTTP at 1 / 4 / 16 clients, next to the demo's",
+    )
     args = parser.parse_args()
     prompt, completion, _ = demo_query(args.held_out)
     rate = gemm_rate()
@@ -190,6 +205,16 @@ def main() -> None:
         for index in [args.index] + ([args.synthetic] if args.synthetic else []):
             engine_rows += engine_section(index, args.model, (prompt, completion), rate, device)
     http_rows = http_section(args.index, args.model, (prompt, completion))
+    smol_http: list[dict[str, Any]] = []
+    if args.smollm2_index is not None:
+        smol = smollm2_gguf()
+        engine_rows += engine_section(
+            args.smollm2_index, smol, (prompt, completion), rate, torch.device("cpu")
+        )
+        # a batch of 16 SmolLM2 queries takes seconds: longer levels for enough of them
+        smol_http = http_section(
+            args.smollm2_index, smol, (prompt, completion), levels=(1, 4, 16), seconds=SMOL_SECONDS
+        )
     table = f"Measured GEMM rate (fp32, 2048³): {rate / 1e9:.0f} GFLOP/s.\n\n"
     table += (
         "| index | N | device | residency | query | featurize ms | precondition ms | scan ms | "
@@ -202,11 +227,12 @@ def main() -> None:
             f"{r['read_floor_ms']:.1f} | {r['compute_floor_ms']:.1f} | {r['scan_over_read']:.2f} |\n"
         )
     table += "\nHTTP, demo index, residency ram, exact queries, 8 s per level:\n\n"
-    table += (
-        "| concurrent clients | queries | queries/s | p50 ms | p99 ms |\n|---|---|---|---|---|\n"
-    )
-    for r in http_rows:
-        table += f"| {r['clients']} | {r['queries']} | {r['qps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |\n"
+    table += http_table(http_rows)
+    if smol_http:
+        table += (
+            f"\nHTTP, SmolLM2-135M index ({args.smollm2_index.name}), residency ram, exact "
+            f"queries, {SMOL_SECONDS:.0f} s per level:\n\n" + http_table(smol_http)
+        )
     one = http_rows[0]
     table += (
         f"\nHTTP/JSON overhead at 1 client (medians): client-observed {one['client_p50_ms']:.1f} ms, "
@@ -215,7 +241,21 @@ def main() -> None:
         f"the engine, of which {one['server_total_p50_ms'] - one['engine_p50_ms']:.1f} ms inside the "
         "server (validation, tokenization, the batching window, response models).\n"
     )
-    write_result("serving", {"gemm_flops": rate, "engine": engine_rows, "http": http_rows}, table)
+    result = {"gemm_flops": rate, "engine": engine_rows, "http": http_rows}
+    if smol_http:
+        result["http_smollm2"] = smol_http
+    write_result("serving", result, table)
+
+
+def http_table(rows: list[dict[str, Any]]) -> str:
+    table = "| concurrent clients | queries | queries/s | p50 ms | p99 ms | engine p50 ms |\n"
+    table += "|---|---|---|---|---|---|\n"
+    for r in rows:
+        table += (
+            f"| {r['clients']} | {r['queries']} | {r['qps']:.1f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['engine_p50_ms']:.1f} |\n"
+        )
+    return table
 
 
 if __name__ == "__main__":
