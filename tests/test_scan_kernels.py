@@ -4,6 +4,7 @@ fused: every row in float32 (≈ 1e-7 of the reference). bounded: its interval h
 score of every row, and its top-k / bottom-k are bit for bit the fused scan's, ties included.
 """
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +16,9 @@ from lorif_serve.indexer.core.factors import LayerSpec, RowLayout
 from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.core.scoring import score_reference
 from lorif_serve.server.fused_scan import FusedScanner
+from lorif_serve.server.kernels import quantize
 from lorif_serve.server.kernels.build import load_kernel
+from lorif_serve.server.kernels.prepared import prepare_query
 from lorif_serve.server.kernels.quantize import _spectral_norms
 from lorif_serve.server.tiled import TiledRows
 
@@ -320,3 +323,22 @@ def test_spectral_norm_bounds_hold_and_stay_tight():
         assert bool((bound <= exact * side ** (1 / 128) * (1 + 1e-12)).all())
     equal = _spectral_norms([cases[2]])[0]
     assert float(equal[0]) > 1.02  # the worst case is reached: the bound is not exact
+
+
+def test_query_quantization_is_the_same_in_groups_of_any_size(monkeypatch):
+    """Layers of one shape are quantized a few at a time (``_GROUP_BYTES``): one layer per
+    group gives every code, correction and scale of one group for all, and the same error
+    terms (to a float32 step: batched float64 products may round differently by size)."""
+    specs = [*SPECS, LayerSpec("sq2", 64, 64, 16, 16, 8), LayerSpec("sq3", 64, 64, 16, 16, 8)]
+    layout, codec = RowLayout(specs), RowCodec(RowLayout(specs), torch.int8)
+    hq = queries(3, specs=specs)
+    together = prepare_query(layout, codec, hq, bounded=True).bounded
+    monkeypatch.setattr(quantize, "_GROUP_BYTES", 1)
+    apart = prepare_query(layout, codec, hq, bounded=True).bounded
+    assert together is not None and apart is not None
+    for field in dataclasses.fields(together):
+        one, other = getattr(together, field.name), getattr(apart, field.name)
+        if field.name in ("eps", "fine_eps"):
+            assert torch.allclose(one, other, rtol=2**-22, atol=0), field.name
+        else:
+            assert torch.equal(one, other), field.name
