@@ -28,10 +28,15 @@ from torch import nn
 IGNORE = -100  # label value that contributes no loss (prompt tokens, padding)
 _CHUNK_BYTES = 4 << 20  # one chunk of float32 logits: stays in L2/L3 between its passes
 _VERIFY_RTOL = 1e-4
+# Chunks are padded with zero rows to a multiple of this: the BLAS rounds some products of
+# few rows (5-7 and 9-11 here) differently on one thread and on two, while every multiple of
+# 16 measured the same, and an index must not depend on how many threads built it (a 2-thread
+# build and the 1-thread ranks of a sharded one stored different rows without the padding).
+_ROW_MULTIPLE = 16
 
 
 def _chunk_rows(vocab: int) -> int:
-    return max(16, _CHUNK_BYTES // (4 * vocab))
+    return max(_ROW_MULTIPLE, _CHUNK_BYTES // (4 * vocab) // _ROW_MULTIPLE * _ROW_MULTIPLE)
 
 
 class _OutputCrossEntropy(torch.autograd.Function):
@@ -55,22 +60,27 @@ class _OutputCrossEntropy(torch.autograd.Function):
         step = scratch.shape[0]
         for first in range(0, rows.shape[0], step):
             picked = rows[first : first + step]
-            z = scratch[: picked.shape[0]]
+            used = picked.shape[0]
+            padded = -(-used // _ROW_MULTIPLE) * _ROW_MULTIPLE  # ≤ step, a multiple too
+            inputs = flat.new_zeros(padded, width)
+            inputs[:used] = flat[picked]
+            labels = torch.zeros(padded, 1, dtype=wanted.dtype, device=wanted.device)
+            labels[:used, 0] = wanted[picked]
+            z = scratch[:padded]
             if hidden.dtype == scratch.dtype:
-                torch.mm(flat[picked], weight.t(), out=z)
+                torch.mm(inputs, weight.t(), out=z)
             else:  # the layer's own dtype for its product, float32 for the softmax
-                z.copy_(flat[picked] @ weight.t())
+                z.copy_(inputs @ weight.t())
             if bias is not None:
                 z.add_(bias)
-            labels = wanted[picked].unsqueeze(1)
             picked_logit = z.gather(1, labels)
             top = z.amax(dim=1, keepdim=True)
             z.sub_(top).exp_()
             total = z.sum(dim=1, keepdim=True)
-            per_row[picked] = (top + total.log() - picked_logit).squeeze(1)
+            per_row[picked] = (top + total.log() - picked_logit)[:used, 0]
             z.div_(total)  # softmax
             z.scatter_add_(1, labels, torch.full_like(total, -1.0))
-            grad[picked] = (z.to(weight.dtype) @ weight).to(grad.dtype)
+            grad[picked] = (z.to(weight.dtype) @ weight)[:used].to(grad.dtype)
         ctx.save_for_backward(grad)
         ctx.shape, ctx.used = hidden.shape, False
         return per_row.view(batch, length).sum(dim=1)
