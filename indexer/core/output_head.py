@@ -39,6 +39,20 @@ def _chunk_rows(vocab: int) -> int:
     return max(_ROW_MULTIPLE, _CHUNK_BYTES // (4 * vocab) // _ROW_MULTIPLE * _ROW_MULTIPLE)
 
 
+def _padded(
+    flat: torch.Tensor, wanted: torch.Tensor, picked: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The picked positions' inputs (rows, H) and targets (rows, 1), padded with zero rows
+    (target 0; their results are dropped) to a multiple of ``_ROW_MULTIPLE``."""
+    used = picked.shape[0]
+    padded = -(-used // _ROW_MULTIPLE) * _ROW_MULTIPLE  # ≤ the chunk rows, a multiple too
+    inputs = flat.new_zeros(padded, flat.shape[1])
+    inputs[:used] = flat[picked]
+    labels = torch.zeros(padded, 1, dtype=wanted.dtype, device=wanted.device)
+    labels[:used, 0] = wanted[picked]
+    return inputs, labels
+
+
 class _OutputCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -61,12 +75,8 @@ class _OutputCrossEntropy(torch.autograd.Function):
         for first in range(0, rows.shape[0], step):
             picked = rows[first : first + step]
             used = picked.shape[0]
-            padded = -(-used // _ROW_MULTIPLE) * _ROW_MULTIPLE  # ≤ step, a multiple too
-            inputs = flat.new_zeros(padded, width)
-            inputs[:used] = flat[picked]
-            labels = torch.zeros(padded, 1, dtype=wanted.dtype, device=wanted.device)
-            labels[:used, 0] = wanted[picked]
-            z = scratch[:padded]
+            inputs, labels = _padded(flat, wanted, picked)
+            z = scratch[: inputs.shape[0]]
             if hidden.dtype == scratch.dtype:
                 torch.mm(inputs, weight.t(), out=z)
             else:  # the layer's own dtype for its product, float32 for the softmax
