@@ -330,7 +330,8 @@ def test_query_quantization_is_the_same_in_groups_of_any_size(monkeypatch):
     group gives every code, correction and scale of one group for all, and the same error
     terms (to a float32 step: batched float64 products may round differently by size)."""
     specs = [*SPECS, LayerSpec("sq2", 64, 64, 16, 16, 8), LayerSpec("sq3", 64, 64, 16, 16, 8)]
-    layout, codec = RowLayout(specs), RowCodec(RowLayout(specs), torch.int8)
+    layout = RowLayout(specs)
+    codec = RowCodec(layout, torch.int8)
     hq = queries(3, specs=specs)
     together = prepare_query(layout, codec, hq, bounded=True).bounded
     monkeypatch.setattr(quantize, "_GROUP_BYTES", 1)

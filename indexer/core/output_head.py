@@ -46,9 +46,10 @@ def _padded(
     (target 0; their results are dropped) to a multiple of ``_ROW_MULTIPLE``."""
     used = picked.shape[0]
     padded = -(-used // _ROW_MULTIPLE) * _ROW_MULTIPLE  # ≤ the chunk rows, a multiple too
-    inputs = flat.new_zeros(padded, flat.shape[1])
-    inputs[:used] = flat[picked]
-    labels = torch.zeros(padded, 1, dtype=wanted.dtype, device=wanted.device)
+    inputs = flat.new_empty(padded, flat.shape[1])
+    torch.index_select(flat, 0, picked, out=inputs[:used])
+    inputs[used:] = 0
+    labels = wanted.new_zeros(padded, 1)
     labels[:used, 0] = wanted[picked]
     return inputs, labels
 
