@@ -4,6 +4,7 @@ fused: every row in float32 (≈ 1e-7 of the reference). bounded: its interval h
 score of every row, and its top-k / bottom-k are bit for bit the fused scan's, ties included.
 """
 
+import copy
 import dataclasses
 from types import SimpleNamespace
 
@@ -29,13 +30,15 @@ needs_bounded = pytest.mark.skipif(
 )
 
 # Every code path: 16-wide and 8-wide vectors on either side, a scalar remainder (5, 7),
-# c not a multiple of 4, widths the integer pass refuses (db % 4 ≠ 0), a dense layer.
+# c not a multiple of 4, c = 1 (AMX: up to 16 tiles a step, b not a multiple of 64 codes),
+# widths the integer pass refuses (db % 4 ≠ 0), a dense layer.
 SPECS = [
     LayerSpec("sq", 64, 64, 16, 16, 8),
     LayerSpec("wide", 64, 256, 16, 64, 5),
     LayerSpec("tall", 256, 64, 64, 16, 3),
     LayerSpec("eight", 64, 96, 8, 24, 2),
     LayerSpec("odd", 40, 56, 5, 7, 2),
+    LayerSpec("one", 144, 80, 36, 20, 1),
     LayerSpec("dense", 64, 64, 4, 8, 1, dense=True),
 ]
 
@@ -85,14 +88,31 @@ def test_fused_kernel_scores_a_row_the_same_wherever_it_sits():
     assert torch.equal(alone, whole[:, picked])
 
 
+def _vector_kernel():
+    """The loaded kernel with its tiled pass on vector registers, not AMX."""
+    kernel = copy.copy(STATUS.kernel)
+    kernel.use_amx = False
+    return kernel
+
+
+def _tiled_kernel(name):
+    """``name``: "vector" or "amx" (skips where the machine or OS has no AMX)."""
+    if name == "vector":
+        return _vector_kernel()
+    if not STATUS.kernel.use_amx:
+        pytest.skip("no AMX here (or LORIF_AMX=0)")
+    return STATUS.kernel
+
+
 @needs_bounded
+@pytest.mark.parametrize("products", ["vector", "amx"])
 @pytest.mark.parametrize("tiled,levels", [(False, 1), (True, 1), (True, 2)])
 @pytest.mark.parametrize("seed", range(4))
-def test_bounded_interval_holds_every_fused_score(seed, tiled, levels):
+def test_bounded_interval_holds_every_fused_score(seed, tiled, levels, products):
     """Row by row, and over row tiles (18 tiles and a 12-row tail in stored order) with one
-    or two query levels."""
+    or two query levels, the tiles' products on vector registers or AMX tiles."""
     layout, codec, raw = int8_rows(300, seed)
-    kernel, hq = STATUS.kernel, queries(4, seed + 10)
+    kernel, hq = _tiled_kernel(products), queries(4, seed + 10)
     prepared = kernel.prepare(layout, codec, hq)
     exact = kernel.score(prepared, raw, torch.empty(4, 300, dtype=torch.float32))
     approx = torch.empty(4, 300, dtype=torch.float32)
@@ -343,3 +363,50 @@ def test_query_quantization_is_the_same_in_groups_of_any_size(monkeypatch):
             assert torch.allclose(one, other, rtol=2**-22, atol=0), field.name
         else:
             assert torch.equal(one, other), field.name
+
+
+@needs_bounded
+@pytest.mark.parametrize("levels", [1, 2])
+def test_amx_and_vector_passes_take_the_same_integer_products(levels):
+    """The AMX pass sums the vector pass's integer products in another order: the same
+    approximate scores up to float32 rounding, inside the same margins (16 tiles a step at
+    c = 1, a partial last step, a of 20 lanes in two chunks, b of 36 codes padded to 64)."""
+    amx, vector = _tiled_kernel("amx"), _vector_kernel()
+    n = 16 * (16 + 5) * amx.threads + 9
+    layout, codec, raw = int8_rows(n, 7)
+    hq = queries(3, 8)
+    results = []
+    for kernel in (amx, vector):
+        prepared = kernel.prepare(layout, codec, hq)
+        approx = torch.empty(3, n, dtype=torch.float32)
+        margin = torch.empty_like(approx)
+        norms = kernel.row_norms(prepared, raw)
+        TiledRows(kernel, prepared.meta, raw.clone()).bounded(
+            prepared, 0, n, norms, approx, margin, levels
+        )
+        results.append((approx, margin))
+    (got, got_margin), (want, want_margin) = results
+    assert torch.allclose(got_margin, want_margin, rtol=1e-6, atol=0)
+    assert torch.all((got - want).abs() <= 1e-3 * want_margin)
+    reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
+    assert torch.all((reference - got.double()).abs() <= got_margin.double())
+
+
+def test_amx_orientation_puts_the_narrow_side_in_lanes():
+    """With AMX, a (the per-row side) is the narrower side wherever b can be the tiles'
+    inner dimension (a multiple of 4); the vector rule prefers 16-wide lanes."""
+    from lorif_serve.server.kernels.prepared import _vector_side
+
+    assert _vector_side(72, 192, amx=True) == "left"
+    assert _vector_side(192, 72, amx=True) == "right"
+    assert _vector_side(72, 192) == "right"  # 192 fills 16-float registers, 72 does not
+    assert _vector_side(6, 72, amx=True) == "left"
+    assert _vector_side(8, 6, amx=True) == "right"  # b must be a multiple of 4
+    assert _vector_side(5, 7, amx=True) == _vector_side(5, 7)
+
+
+def test_row_major_codes_sit_in_place_with_zeros_around():
+    codes = torch.randint(-127, 128, (2, 20, 70), dtype=torch.int8)
+    laid = quantize._row_major(codes, 20, 70).view(2, 32, 128)
+    assert torch.equal(laid[:, :20, :70], codes)
+    assert laid[:, 20:].abs().sum() == 0 and laid[:, :, 70:].abs().sum() == 0

@@ -1,9 +1,10 @@
 """Building and loading the compiled scan kernels.
 
-``scan_int8.c`` is built with the machine's C compiler (``$CC``, else ``cc``) at ``-O3
--march=native`` into a cache folder keyed by the source, the flags and the CPU's feature
-flags, then loaded with ctypes. Where no compiler is found or the build fails,
-``load_kernel`` returns no kernel with the reason, and the engine keeps the torch path.
+``scan_int8.c`` (with the ``scan_amx.h`` it includes) is built with the machine's C
+compiler (``$CC``, else ``cc``) at ``-O3 -march=native`` into a cache folder keyed by the
+sources, the flags and the CPU's feature flags, then loaded with ctypes. Where no compiler
+is found or the build fails, ``load_kernel`` returns no kernel with the reason, and the
+engine keeps the torch path.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 from lorif_serve.server.kernels.fused import FusedInt8Scan
 
 _SOURCE = "scan_int8.c"
-_VERSION = 10  # lorif_kernel_version() of a matching build
+_HEADERS = ("scan_amx.h",)  # included by the source: written next to it, part of the key
+_VERSION = 11  # lorif_kernel_version() of a matching build
 
 
 def cache_folder() -> Path:
@@ -50,11 +52,17 @@ def _flags() -> list[str]:
     return flags
 
 
-def _build(compiler: str, source: bytes, target: Path) -> None:
+def _sources() -> dict[str, bytes]:
+    files = resources.files(__package__)
+    return {name: files.joinpath(name).read_bytes() for name in (_SOURCE, *_HEADERS)}
+
+
+def _build(compiler: str, sources: dict[str, bytes], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        for name, text in sources.items():
+            (Path(tmp) / name).write_bytes(text)
         src = Path(tmp) / _SOURCE
-        src.write_bytes(source)
         built = Path(tmp) / target.name
         subprocess.run(
             [compiler, *_flags(), "-o", str(built), str(src)],
@@ -78,14 +86,15 @@ def load_kernel() -> KernelStatus:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         return KernelStatus(None, f"no C compiler ({compiler!r} not on PATH)")
-    source = resources.files(__package__).joinpath(_SOURCE).read_bytes()
+    sources = _sources()
     key = hashlib.sha256(
-        source + " ".join([compiler, *_flags(), _cpu_flags(), platform.machine()]).encode()
+        b"".join(sources.values())
+        + " ".join([compiler, *_flags(), _cpu_flags(), platform.machine()]).encode()
     ).hexdigest()[:16]
     target = cache_folder() / f"scan_int8-{key}.so"
     try:
         if not target.exists():
-            _build(compiler, source, target)
+            _build(compiler, sources, target)
         library = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""

@@ -11,6 +11,7 @@ bound per row. ``build.load_kernel`` compiles and loads it.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,7 +41,7 @@ class FusedInt8Scan:
             self._bounded.argtypes += [_P, _P, _I64, _P, _P, _I32, _P, _P, _P, _I64, _P, _I64]
             self._bounded.restype = None
             self._tiles = library.lorif_bounded_tiles
-            self._tiles.argtypes = [*self._bounded.argtypes, _P, _P, _I32]
+            self._tiles.argtypes = [*self._bounded.argtypes, _P, _P, _I32, _P, _P, _P, _I64]
             self._tiles.restype = None
             self._tile_rows = library.lorif_tile_rows
             self._tile_rows.argtypes = [_P, _I64, _I64, _P, _I32, _P, _P]
@@ -50,11 +51,18 @@ class FusedInt8Scan:
             self._untile.restype = None
             self._refine = library.lorif_refine_tiles
             self._refine.argtypes = [_P, _I64, _P, _I64, _P, _I32, _P, _P, _I32, _P, _I64, _P]
-            self._refine.argtypes += [_P, _I64, _P, _P, _P, _P, _P, _I64]
+            self._refine.argtypes += [_P, _I64, _P, _P, _P, _P, _P, _I64, _P, _P, _I64]
             self._refine.restype = None
             self._norms = library.lorif_row_norms
             self._norms.argtypes = [_P, _I64, _I64, _P, _I32, _P]
             self._norms.restype = None
+        # AMX products in the tiled bounded pass where the build and the OS allow them;
+        # LORIF_AMX=0 keeps the vector pass (side-by-side benchmarks).
+        self.use_amx = (
+            self.has_bounded
+            and os.environ.get("LORIF_AMX", "1") != "0"
+            and bool(library.lorif_amx_init())
+        )
         self.threads = max(1, torch.get_num_threads())
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fused-scan")
 
@@ -62,7 +70,7 @@ class FusedInt8Scan:
         self, layout: RowLayout, codec: RowCodec, hq: dict[str, torch.Tensor]
     ) -> PreparedQuery:
         """Per scored layer: the kernel's column map, and Hq in the orientation it reads."""
-        return prepare_query(layout, codec, hq, bounded=self.has_bounded)
+        return prepare_query(layout, codec, hq, bounded=self.has_bounded, amx=self.use_amx)
 
     def row_norms(self, query: PreparedQuery, rows: torch.Tensor) -> torch.Tensor:
         """(n, layers) s_a·s_b·Σ_k ‖a_k‖‖b_k‖ of the query's layers: they do not depend on
@@ -155,7 +163,11 @@ class FusedInt8Scan:
             raise ValueError("two query levels are for tiled rows only")
         fn = self._tiles if tiled else self._bounded
         eps = bounded.fine_eps if levels == 2 else bounded.eps
-        extra = (bounded.fine.data_ptr(), bounded.fine_negated.data_ptr(), levels) if tiled else ()
+        extra = (
+            (bounded.fine.data_ptr(), bounded.fine_negated.data_ptr(), levels, *_row_major(bounded))
+            if tiled
+            else ()
+        )
         corr, corr_offsets = (
             (bounded.negated, bounded.neg_offsets)
             if tiled
@@ -234,6 +246,7 @@ class FusedInt8Scan:
                 approx.data_ptr(),
                 margin.data_ptr(),
                 approx.stride(0),
+                *_row_major(bounded)[1:],
             )
 
         if count < 4 * self.threads:  # a few tiles: not worth waking the pool
@@ -278,6 +291,15 @@ class FusedInt8Scan:
         scratch = [torch.empty(query.work_floats, dtype=torch.float32) for _ in spans]
         jobs = [(a, b, w) for (a, b), w in zip(spans, scratch, strict=True)]
         list(self._pool.map(lambda args: job(*args), jobs))
+
+
+def _row_major(bounded: BoundedQuery) -> tuple[int | None, int | None, int, int]:
+    """The AMX arguments (rm, fine_rm, rm_offsets, rm_stride): NULLs where the query has no
+    row-major codes (then the kernel takes the vector pass)."""
+    if bounded.rowmajor.shape[1] == 0:
+        return None, None, bounded.rm_offsets.data_ptr(), 0
+    rm, fine = bounded.rowmajor, bounded.fine_rowmajor
+    return rm.data_ptr(), fine.data_ptr(), bounded.rm_offsets.data_ptr(), rm.stride(0)
 
 
 def _check_rows(rows: torch.Tensor) -> None:

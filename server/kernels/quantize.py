@@ -27,6 +27,11 @@ class BoundedQuery:
     fine: torch.Tensor  # (B, bytes) int8 H8', laid out as ``packed``
     fine_negated: torch.Tensor  # (B, Σ da) int32 −128·Σ_j H8'_ij, at ``neg_offsets``
     fine_eps: torch.Tensor  # (B, layers) float32, the two-level bound's eps
+    # Both levels again in row-major order for the AMX products (scan_amx.h): per layer
+    # (da rounded up to 16, db rounded up to 64), zeros past da and db; empty without AMX.
+    rm_offsets: torch.Tensor  # (layers,) int64 (−1: scored in float)
+    rowmajor: torch.Tensor  # (B, bytes) int8
+    fine_rowmajor: torch.Tensor  # (B, bytes) int8
 
 
 _UNIT = 2.0**-24  # float32 unit roundoff
@@ -96,6 +101,15 @@ def _packed(codes: torch.Tensor, da: int, db: int) -> torch.Tensor:
     return signed.reshape(batch, lanes, db // 4, 4).permute(0, 2, 1, 3).reshape(batch, -1)
 
 
+def _row_major(codes: torch.Tensor, da: int, db: int) -> torch.Tensor:
+    """(B, da, db) codes as (B, lanes · kpad): lanes = da rounded up to 16, kpad = db rounded
+    up to 64, zeros in the padding (it meets whatever the kernel's scratch tiles hold)."""
+    batch = codes.shape[0]
+    out = torch.zeros(batch, -(-da // 16) * 16, -(-db // 64) * 64, dtype=torch.int8)
+    out[:, :da, :db] = codes.to(torch.int8)
+    return out.reshape(batch, -1)
+
+
 @dataclass
 class _LayerCodes:
     """One integer layer's share of a ``BoundedQuery`` (every tensor (B, …))."""
@@ -108,6 +122,8 @@ class _LayerCodes:
     scale: torch.Tensor
     eps: torch.Tensor
     fine_eps: torch.Tensor
+    rowmajor: torch.Tensor
+    fine_rowmajor: torch.Tensor
 
 
 def _integer(meta: torch.Tensor, index: int) -> bool:
@@ -123,8 +139,9 @@ def _rounding(h: torch.Tensor, c: int, layers: int) -> torch.Tensor:
     return 2.0 * _UNIT * depth * torch.linalg.matrix_norm(h)
 
 
-def _quantize_group(h: torch.Tensor, c: int, layers: int) -> list[_LayerCodes]:
-    """Both levels of G layers of one shape at once: ``h`` (G, B, da, db) float64."""
+def _quantize_group(h: torch.Tensor, c: int, layers: int, row_major: bool) -> list[_LayerCodes]:
+    """Both levels of G layers of one shape at once: ``h`` (G, B, da, db) float64;
+    ``row_major`` adds their codes in the AMX layout."""
     groups, batch, da, db = h.shape
     rounding = _rounding(h, c, layers)  # (G, B)
     scale = (h.abs().amax(dim=(2, 3)) / 127).clamp_min(torch.finfo(torch.float32).tiny)
@@ -143,6 +160,11 @@ def _quantize_group(h: torch.Tensor, c: int, layers: int) -> list[_LayerCodes]:
     fine = _packed(rest.flatten(0, 1), da, db).view(groups, batch, -1)
     negated, fine_negated = (-128 * sums).to(torch.int32), (-128 * fine_sums).to(torch.int32)
     one, two = one.view(groups, batch), two.view(groups, batch)
+    if row_major:
+        rm = _row_major(codes.flatten(0, 1), da, db).view(groups, batch, -1)
+        fine_rm = _row_major(rest.flatten(0, 1), da, db).view(groups, batch, -1)
+    else:
+        rm = fine_rm = torch.zeros(groups, batch, 0, dtype=torch.int8)
     return [
         _LayerCodes(
             packed[g],
@@ -153,12 +175,16 @@ def _quantize_group(h: torch.Tensor, c: int, layers: int) -> list[_LayerCodes]:
             scale[g],
             rounding[g] + one[g],
             2 * rounding[g] + two[g],
+            rm[g],
+            fine_rm[g],
         )
         for g in range(groups)
     ]
 
 
-def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int) -> BoundedQuery:
+def quantize_queries(
+    meta: torch.Tensor, parts: list[torch.Tensor], layers: int, row_major: bool = False
+) -> BoundedQuery:
     """Per layer and query: H8 = round(H / s_H), s_H = max|H| / 127, H8' = round((H −
     s_H·H8) / (s_H/128)), and the error terms of both levels.
 
@@ -189,7 +215,8 @@ def quantize_queries(meta: torch.Tensor, parts: list[torch.Tensor], layers: int)
             chunk = members[first : first + step]
             stacked = torch.stack([parts[i] for i in chunk]).to(torch.float64)
             h = stacked.reshape(len(chunk), batch, db, da).transpose(2, 3)  # (G, B, da, db)
-            for index, layer in zip(chunk, _quantize_group(h, c, layers), strict=True):
+            quantized = _quantize_group(h, c, layers, row_major)
+            for index, layer in zip(chunk, quantized, strict=True):
                 codes[index] = layer
     return _assemble(meta, parts, codes, layers)
 
@@ -202,16 +229,17 @@ def _assemble(
     offsets: list[int] = []
     corr_offsets: list[int] = []
     neg_offsets: list[int] = []
+    rm_offsets: list[int] = []
     scales: list[torch.Tensor] = []
     eps: list[torch.Tensor] = []
     fine_eps: list[torch.Tensor] = []
-    position = corr_position = neg_position = 0
+    position = corr_position = neg_position = rm_position = 0
     for index, layer in enumerate(codes):
         if layer is None:  # scored in float: the rounding term only
             _, _, c, da, db = (int(v) for v in meta[index, :5])
             h = parts[index].to(torch.float64).reshape(batch, db, da).transpose(1, 2)
             rounding = _rounding(h, c, layers)
-            for listed in (offsets, corr_offsets, neg_offsets):
+            for listed in (offsets, corr_offsets, neg_offsets, rm_offsets):
                 listed.append(-1)
             scales.append(torch.ones(batch, dtype=torch.float64))
             eps.append(rounding)
@@ -220,9 +248,11 @@ def _assemble(
         offsets.append(position)
         corr_offsets.append(corr_position)
         neg_offsets.append(neg_position)
+        rm_offsets.append(rm_position)
         position += layer.packed.shape[1]
         corr_position += layer.corrections.shape[1]
         neg_position += layer.negated.shape[1]
+        rm_position += layer.rowmajor.shape[1]
         scales.append(layer.scale)
         eps.append(layer.eps)
         fine_eps.append(layer.fine_eps)
@@ -248,4 +278,7 @@ def _assemble(
         joined("fine", torch.int8),
         joined("fine_negated", torch.int32),
         _round_up(torch.stack(fine_eps, dim=1)),
+        table(rm_offsets),
+        joined("rowmajor", torch.int8),
+        joined("fine_rowmajor", torch.int8),
     )

@@ -10,6 +10,7 @@
  * The vector width comes from GCC vector extensions: the compiler maps it to the widest
  * registers of the machine it compiles on (-march=native).
  */
+#define _DEFAULT_SOURCE /* syscall(), for the AMX request */
 #include <stdint.h>
 #include <string.h>
 
@@ -103,7 +104,7 @@ static void layer_to_float(const int8_t *row, const int64_t *m, float *af, float
 
 enum { META = 8, TILE = 8 };
 
-int32_t lorif_kernel_version(void) { return 10; }
+int32_t lorif_kernel_version(void) { return 11; }
 
 /* meta, per layer: a offset, b offset (-1: a dense layer, b = 1), c, da, db,
  * byte offset of the a scale, of the b scale (-1: 1), offset of H in a query's block.
@@ -356,7 +357,8 @@ void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
  * multiple of 4, and the float scales), where element e = o - o % 4 moves to 16 * e + 4 * r
  * + o % 4. So one 16-byte load is element i of the a codes of 16 rows, one 64-byte load four
  * b codes of 16 rows, and one 64-byte load a scale of 16 rows. */
-enum { RT = 16, QUAD = 4 }; /* rows per tile, tiles per step */
+/* rows per tile, tiles per step; with AMX, tiles per step where a layer has c % 4 != 0 */
+enum { RT = 16, QUAD = 4, WIDE = 16 };
 
 static int four_byte_b(const int64_t *m) { return m[1] >= 0 && m[4] % 4 == 0; }
 
@@ -636,15 +638,26 @@ static void prefetch_next_layers(const int8_t *tile, const int64_t *m)
     for (int64_t o = 0; o < NEAR * span; o += 64) __asm__ volatile("prefetcht0 %0" : : "m"(next[o]));
 }
 
+#include "scan_amx.h"
+
 /* One level of an integer layer over nq tiles, into part[j] (four partial sums per tile).
  * With c a multiple of 4 the register block runs over a tile's components; otherwise (c = 1
  * at SmolLM2 dims) over one component of four tiles, so each loaded query code still feeds
- * four rows' vectors. */
+ * four rows' vectors. rm (not NULL): the layer's row-major codes, for the AMX products. */
 static void integer_level(const int8_t *quad, int64_t nq, int64_t tile_bytes, const int64_t *m,
-                          const int8_t *h8, const int32_t *nc, __m512 part[QUAD][4],
-                          int64_t ahead, int64_t dist, int near)
+                          const int8_t *h8, const int32_t *nc, const int8_t *rm,
+                          __m512 part[][4], int64_t ahead, int64_t dist, int near)
 {
     const int64_t c = m[2], da = m[3], db = m[4], step = ((da + 15) / 16) * 64;
+    /* With AMX: up to WIDE tiles, four at a time, so the query's codes of a layer are read
+     * from L1 after the first four. No requests ahead: asking for the next tiles (into L2)
+     * or the next layers (into L1) as the vector pass does made it 10-30 % slower here. */
+    if (rm != NULL) {
+        for (int64_t s = 0; s < nq; s += AMX_PAIRS)
+            amx_level(quad + s * tile_bytes, nq - s < AMX_PAIRS ? nq - s : AMX_PAIRS, tile_bytes, m,
+                      rm, nc, part + s);
+        return;
+    }
     for (int64_t j = 0; j < QUAD; j++)
         for (int q = 0; q < 4; q++) part[j][q] = _mm512_setzero_ps();
     if (c % 4 && nq == QUAD && da % 4 == 0 && db > 0) {
@@ -677,12 +690,13 @@ static __m512 sum4(const __m512 p[4])
  * turn, which asks for the tiles' next layers (prefetch_next_layers). */
 static void integer_layer(const int8_t *quad, int64_t nq, int64_t tile_bytes, const int64_t *m,
                           const int8_t *h8, const int32_t *nc, const int8_t *fine,
-                          const int32_t *fine_nc, float sh, __m512 acc[QUAD], int64_t ahead,
-                          int64_t dist, int near)
+                          const int32_t *fine_nc, const int8_t *rm, const int8_t *fine_rm,
+                          float sh, __m512 acc[], int64_t ahead, int64_t dist, int near)
 {
-    __m512 part[QUAD][4], rest[QUAD][4];
-    integer_level(quad, nq, tile_bytes, m, h8, nc, part, ahead, dist, near);
-    if (fine != NULL) integer_level(quad, nq, tile_bytes, m, fine, fine_nc, rest, 0, dist, 0);
+    __m512 part[WIDE][4], rest[WIDE][4];
+    integer_level(quad, nq, tile_bytes, m, h8, nc, rm, part, ahead, dist, near);
+    if (fine != NULL)
+        integer_level(quad, nq, tile_bytes, m, fine, fine_nc, fine_rm, rest, 0, dist, 0);
     for (int64_t j = 0; j < nq; j++) {
         const int8_t *tile = quad + j * tile_bytes;
         __m512 t = sum4(part[j]);
@@ -737,7 +751,9 @@ static void finish_tile(__m512 acc, int64_t row0, const float *eps, const float 
  * first tile's start). Arguments as lorif_bounded_int8, except the corrections: ncorr
  * (B, Σ da) int32, -128 * Σ_j H8_ij, at nc_offsets. work: c * (da + db) + 1 floats per
  * layer (the float layers). levels 2: the second level's codes fine (as h8) and their
- * corrections fine_nc (as ncorr) are added; eps must then be the two-level bound's. */
+ * corrections fine_nc (as ncorr) are added; eps must then be the two-level bound's.
+ * rm (not NULL, AMX builds): both levels' codes again in row-major order (rm, fine_rm, at
+ * rm_offsets, rm_stride bytes per query), and the products are taken on AMX tiles. */
 void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                          const int64_t *meta, const int64_t *h8_offsets, int32_t n_layers,
                          const float *hq, int64_t hq_stride, const int8_t *h8,
@@ -745,17 +761,21 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                          int64_t nc_stride, const float *hscale, const float *eps,
                          int32_t batch, const float *norms, float *approx, float *margin,
                          int64_t out_stride, float *work, int64_t work_floats,
-                         const int8_t *fine, const int32_t *fine_nc, int32_t levels)
+                         const int8_t *fine, const int32_t *fine_nc, int32_t levels,
+                         const int8_t *rm, const int8_t *fine_rm, const int64_t *rm_offsets,
+                         int64_t rm_stride)
 {
     const int64_t tile_bytes = RT * row_bytes;
+    if (rm != NULL) amx_begin();
     /* Four tiles at a time only where a layer needs them (c not a multiple of 4): else tile
      * by tile, which reads the index in order; the tiles dist on are asked for ahead. */
     int64_t group = 1;
     for (int32_t l = 0; l < n_layers; l++) {
         const int64_t *m = meta + META * l;
         if (h8_offsets[l] >= 0 && m[2] % 4 && m[3] % 4 == 0) group = QUAD;
+        if (h8_offsets[l] >= 0 && m[2] % 4 && rm != NULL) group = WIDE;
     }
-    const int64_t dist = group == 1 ? 2 : QUAD, tiles = n_rows / RT;
+    const int64_t dist = group == 1 ? 2 : group, tiles = n_rows / RT;
     /* Every query's partial sums of the current tiles: layer by layer, the queries take
      * turns over one layer's bytes of the tiles, which stay in L1 between them. */
     __m512 *acc = (__m512 *)(work + work_floats - (int64_t)batch * SLOTS * 16);
@@ -765,7 +785,7 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
         const int64_t later = tiles - (t0 / RT + dist); /* tiles j < later have one dist on */
         /* the first query's turn asks for them */
         const int64_t ahead = later <= 0 ? 0 : (later < nq ? later : nq);
-        for (int64_t i = 0; i < (int64_t)batch * QUAD; i++) acc[i] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < (int64_t)batch * group; i++) acc[i] = _mm512_setzero_ps();
         for (int32_t bq = 0; bq < batch; bq++)
             for (int64_t r = 0; r < nq * RT; r++) approx[bq * out_stride + t0 + r] = 0.0f;
         for (int32_t l = 0; l < n_layers; l++) {
@@ -774,11 +794,14 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                 const int64_t asks = bq == 0 ? ahead : 0;
                 if (h8_offsets[l] >= 0) {
                     const int two = levels == 2;
+                    const int64_t at = bq * rm_stride + (rm != NULL ? rm_offsets[l] : 0);
                     integer_layer(quad, nq, tile_bytes, m, h8 + bq * h8_stride + h8_offsets[l],
                                   ncorr + bq * nc_stride + nc_offsets[l],
                                   two ? fine + bq * h8_stride + h8_offsets[l] : NULL,
                                   two ? fine_nc + bq * nc_stride + nc_offsets[l] : NULL,
-                                  hscale[bq * n_layers + l], acc + bq * QUAD, asks, dist, bq == 0);
+                                  rm != NULL ? rm + at : NULL,
+                                  rm != NULL && two ? fine_rm + at : NULL,
+                                  hscale[bq * n_layers + l], acc + bq * group, asks, dist, bq == 0);
                     continue;
                 }
                 for (int64_t j = 0; j < nq; j++) {
@@ -790,9 +813,10 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
         }
         for (int32_t bq = 0; bq < batch; bq++)
             for (int64_t j = 0; j < nq; j++)
-                finish_tile(acc[bq * QUAD + j], t0 + j * RT, eps + (int64_t)bq * n_layers, norms,
+                finish_tile(acc[bq * group + j], t0 + j * RT, eps + (int64_t)bq * n_layers, norms,
                             n_layers, approx + bq * out_stride, margin + bq * out_stride);
     }
+    if (rm != NULL) amx_end();
 }
 
 /* The second query level over listed tiles, after a one-level pass: for each tile in tiles
@@ -808,9 +832,11 @@ void lorif_refine_tiles(const int8_t *rows, int64_t row_bytes, const int64_t *ti
                         const int8_t *fine, int64_t h8_stride, const int32_t *fine_nc,
                         const int64_t *nc_offsets, int64_t nc_stride, const float *hscale,
                         const float *fine_eps, const float *norms, float *approx,
-                        float *margin, int64_t out_stride)
+                        float *margin, int64_t out_stride, const int8_t *fine_rm,
+                        const int64_t *rm_offsets, int64_t rm_stride)
 {
     const int64_t tile_bytes = RT * row_bytes;
+    if (fine_rm != NULL) amx_begin();
     for (int64_t i = 0; i < n_tiles; i++) {
         const int8_t *tile = rows + tiles[i] * tile_bytes;
         const int8_t *next = i + 1 < n_tiles ? rows + tiles[i + 1] * tile_bytes : NULL;
@@ -824,8 +850,10 @@ void lorif_refine_tiles(const int8_t *rows, int64_t row_bytes, const int64_t *ti
                 const int64_t *m = meta + META * l;
                 if (h8_offsets[l] < 0) continue;
                 __m512 part[QUAD][4];
+                const int8_t *rm =
+                    fine_rm != NULL ? fine_rm + bq * rm_stride + rm_offsets[l] : NULL;
                 integer_level(tile, 1, tile_bytes, m, fine + bq * h8_stride + h8_offsets[l],
-                              fine_nc + bq * nc_stride + nc_offsets[l], part, 0, 0, 0);
+                              fine_nc + bq * nc_stride + nc_offsets[l], rm, part, 0, 0, 0);
                 const __m512 sa = _mm512_loadu_ps((const float *)(tile + 16 * m[5]));
                 const __m512 sb = _mm512_loadu_ps((const float *)(tile + 16 * m[6]));
                 const __m512 s = _mm512_mul_ps(_mm512_mul_ps(sa, sb), _mm512_set1_ps(sh[l] / 128));
@@ -835,7 +863,9 @@ void lorif_refine_tiles(const int8_t *rows, int64_t row_bytes, const int64_t *ti
                         margin + bq * out_stride);
         }
     }
+    if (fine_rm != NULL) amx_end();
 }
 #else
 int32_t lorif_has_bounded(void) { return 0; }
+int32_t lorif_amx_init(void) { return 0; }
 #endif
