@@ -102,4 +102,6 @@ def load_kernel() -> KernelStatus:
         return KernelStatus(None, reason)
     if library.lorif_kernel_version() != _VERSION:
         return KernelStatus(None, f"stale build at {target}")
-    return KernelStatus(FusedInt8Scan(library), f"compiled kernel {target}")
+    kernel = FusedInt8Scan(library)
+    products = ", AMX tiles" if kernel.use_amx else ""
+    return KernelStatus(kernel, f"compiled kernel {target}{products}")

@@ -767,8 +767,9 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
 {
     const int64_t tile_bytes = RT * row_bytes;
     if (rm != NULL) amx_begin();
-    /* Four tiles at a time only where a layer needs them (c not a multiple of 4): else tile
-     * by tile, which reads the index in order; the tiles dist on are asked for ahead. */
+    /* Four tiles at a time only where a layer needs them (c not a multiple of 4; sixteen
+     * with AMX): else tile by tile, which reads the index in order; the tiles dist on are
+     * asked for ahead. */
     int64_t group = 1;
     for (int32_t l = 0; l < n_layers; l++) {
         const int64_t *m = meta + META * l;
