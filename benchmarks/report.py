@@ -52,10 +52,27 @@ SECTIONS = [
         "scan_kernels-smollm2",
         "CPU scan kernels at SmolLM2-135M dims",
         "The same, over 100 k random int8 rows at SmolLM2-135M dims (f = 8, c = 1, 210 layers, "
-        "39,840 bytes per row) with random queries, B = 1. Random rows make the one-level "
-        "bound prune little (the row pass rescored half the rows); the tiled pass's probe "
-        "takes two query levels. `python -m benchmarks.scan_kernels --smollm2-rows 100000 "
-        "--batches 1 --no-http`",
+        "39,840 bytes per row) with random queries, B = 1: the fused kernel, the bounded "
+        "pass (on AMX tiles where the machine has them) and the same pass on vector "
+        "registers (`LORIF_AMX=0`, compared by rows: its layers sum in another order). "
+        "Random rows make the one-level bound prune little; the tiled pass's probe takes two "
+        "query levels. `python -m benchmarks.scan_kernels --smollm2-rows 100000 --batches 1 "
+        "--kernels fused,bounded,bounded-vector`",
+    ),
+    (
+        "scan_kernels-smollm2-b16",
+        "CPU scan kernels at SmolLM2-135M dims, B = 16",
+        "The bounded pass with and without AMX tiles at B = 16 (the fused kernel would take "
+        "minutes per scan). `python -m benchmarks.scan_kernels --smollm2-rows 100000 "
+        "--batches 16 --kernels bounded,bounded-vector --out=-b16`",
+    ),
+    (
+        "scan_kernels-amx",
+        "AMX tiles against vector registers at demo dims",
+        "Demo index and 1 M synthetic rows, B = 1 and 16: fused, bounded (AMX tiles) and "
+        "bounded-vector (`LORIF_AMX=0`). At 16 × 16 and 16 × 64 layers with c = 8 the per-row "
+        "steps dominate either way. `python -m benchmarks.scan_kernels --synthetic "
+        ".cache/syn-1m.h5 --kernels fused,bounded,bounded-vector --no-http --out=-amx`",
     ),
     (
         "bound_width",
