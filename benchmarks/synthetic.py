@@ -46,7 +46,8 @@ def make_synthetic(source: Path, n: int, out: Path, seed: int = 0) -> Path:
         writer = RawWriter(partial)
         rng = np.random.default_rng(seed)
         source_rows = reader.values(0, reader.n_examples)  # re-encoded exactly by write_rows
-        block = 65536
+        # rows per write: 65,536 (2 GiB of float32 values at most, for wide rows)
+        block = max(1, min(65536, (2 << 30) // (4 * source_rows.shape[1])))
         for start in range(0, n, block):
             stop = min(start + block, n)
             picks = torch.from_numpy(rng.integers(0, reader.n_examples, stop - start))
