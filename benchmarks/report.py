@@ -67,6 +67,17 @@ SECTIONS = [
         "--batches 16 --kernels bounded,bounded-vector --out=-b16`",
     ),
     (
+        "scan_kernels-smollm2-real",
+        "CPU scan kernels at SmolLM2-135M dims, real rows and queries",
+        "The 405-row SmolLM2-135M index (first 100 BBC training articles, c = 1) and 100 k rows "
+        "drawn from it at random (each real row ≈ 250 times, so the top-k ties widely), "
+        "scanned with 16 held-out articles' preconditioned gradients, B = 1. "
+        "`python -m benchmarks.synthetic --source .cache/smol-c1.h5 --n 100000 --out "
+        ".cache/syn-smol-real-100k.h5`, then `python -m benchmarks.scan_kernels --index "
+        ".cache/smol-c1.h5 --model <SmolLM2 gguf> --synthetic .cache/syn-smol-real-100k.h5 "
+        "--kernels fused,bounded,bounded-vector --batches 1 --no-http --out=-smollm2-real`",
+    ),
+    (
         "scan_kernels-amx",
         "AMX tiles against vector registers at demo dims",
         "Demo index and 1 M synthetic rows, B = 1 and 16: fused, bounded (AMX tiles) and "
