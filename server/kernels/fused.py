@@ -164,7 +164,12 @@ class FusedInt8Scan:
         fn = self._tiles if tiled else self._bounded
         eps = bounded.fine_eps if levels == 2 else bounded.eps
         extra = (
-            (bounded.fine.data_ptr(), bounded.fine_negated.data_ptr(), levels, *_row_major(bounded))
+            (
+                bounded.fine.data_ptr(),
+                bounded.fine_negated.data_ptr(),
+                levels,
+                *_amx_arguments(bounded),
+            )
             if tiled
             else ()
         )
@@ -246,7 +251,7 @@ class FusedInt8Scan:
                 approx.data_ptr(),
                 margin.data_ptr(),
                 approx.stride(0),
-                *_row_major(bounded)[1:],
+                *_amx_arguments(bounded)[1:],
             )
 
         if count < 4 * self.threads:  # a few tiles: not worth waking the pool
@@ -293,7 +298,7 @@ class FusedInt8Scan:
         list(self._pool.map(lambda args: job(*args), jobs))
 
 
-def _row_major(bounded: BoundedQuery) -> tuple[int | None, int | None, int, int]:
+def _amx_arguments(bounded: BoundedQuery) -> tuple[int | None, int | None, int, int]:
     """The AMX arguments (rm, fine_rm, rm_offsets, rm_stride): NULLs where the query has no
     row-major codes (then the kernel takes the vector pass)."""
     if bounded.rowmajor.shape[1] == 0:
