@@ -104,7 +104,7 @@ static void layer_to_float(const int8_t *row, const int64_t *m, float *af, float
 
 enum { META = 8, TILE = 8 };
 
-int32_t lorif_kernel_version(void) { return 11; }
+int32_t lorif_kernel_version(void) { return 12; }
 
 /* meta, per layer: a offset, b offset (-1: a dense layer, b = 1), c, da, db,
  * byte offset of the a scale, of the b scale (-1: 1), offset of H in a query's block.
