@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +20,14 @@ import torch
 from lorif_serve.errors import ConfigError
 from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.store.reader import IndexReader
+from lorif_serve.server.break_even import by_size
 from lorif_serve.server.kernels.build import load_kernel
 from lorif_serve.server.kernels.fused import FusedInt8Scan
 from lorif_serve.server.kernels.prepared import PreparedQuery
 from lorif_serve.server.row_norms import RowNorms
 from lorif_serve.server.tiled import TiledRows
 from lorif_serve.server.topk import RowMerger, allowed_at
+from lorif_serve.server.torch_threads import serial_torch
 
 SCAN_KERNELS = ("auto", "bounded", "fused", "torch")
 # Past this share of a block's rows kept as candidates the bound does not pay (rescoring them
@@ -44,21 +45,6 @@ class FusedOutcome:
     wait_seconds: float
     blocks: int
     rescored: int  # rows scored exactly after the bounded pass (all rows for ``fused``)
-
-
-@contextmanager
-def _serial_torch() -> Iterator[None]:
-    """The scan's own torch work (merging each block's scores) on this thread alone: the
-    kernel's threads use every core, and torch's OpenMP workers, which spin for a while
-    after each parallel region, would take one of them (measured: 1 M rows 622–659 →
-    496–587 ms median with the workers kept asleep). One thread runs featurization and
-    scans, so nothing else runs torch meanwhile."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _best_of(
@@ -108,14 +94,24 @@ class FusedScanner:
     ) -> None:
         self.kernel, self.reader, self.resident = kernel, reader, resident
         self.bounded = bounded and kernel.has_bounded
+        # Resident indexes with fewer rows are scanned exactly: the bounded scan's query
+        # preparation costs more than its pass saves there (``break_even``).
+        self.exact_below = 0.0
         self.norms = RowNorms(kernel, reader.layout.layers, reader.n_examples)
         self.tiles: TiledRows | None = None
         # After a one-level tiled pass, the second query level on the tiles holding undecided
         # rows (docs/server.md, "Two query levels"); "0": one level (side-by-side benchmarks).
         self.refine = os.environ.get("LORIF_REFINE", "1") != "0"
 
-    def prepare(self, query: ScanQuery) -> PreparedQuery:
-        return self.kernel.prepare(self.reader.layout, self.reader.codec, query.hq)
+    def prepare(self, query: ScanQuery, bounded: bool = True) -> PreparedQuery:
+        """The kernel's form of ``query``; ``bounded``: with the bounded pass's int8 levels."""
+        return self.kernel.prepare(self.reader.layout, self.reader.codec, query.hq, bounded)
+
+    @property
+    def bounds(self) -> bool:
+        """Whether a scan takes the bounded pass (else every row is scored exactly)."""
+        small = self.resident is not None and self.resident.shape[0] < self.exact_below
+        return self.bounded and not small
 
     def warm(self, every_layer: ScanQuery) -> None:
         """Start-up: the resident rows' norms (all layers), then the rows put in tiles."""
@@ -136,9 +132,10 @@ class FusedScanner:
         """``allowed`` (B, N) bool: rank only these rows per query (metadata filters)."""
         if self.bounded and self.resident is not None and not self.norms.resident_ready:
             self.warm(every_layer(self.reader))
-        prepared = self.prepare(query)
-        with _serial_torch():
-            if not self.bounded:
+        bounds = self.bounds
+        prepared = self.prepare(query, bounded=bounds)
+        with serial_torch():
+            if not bounds:
                 return self._exact(prepared, blocks, top_k, bottom_k, allowed)
             return self._bounded(prepared, tuple(query.hq), blocks, top_k, bottom_k, allowed)
 
@@ -339,5 +336,8 @@ def choose_scanner(
     if requested == "bounded" and not bounded:
         raise ConfigError("scan kernel 'bounded' needs AVX-512 VNNI here; use 'fused'")
     scanner = FusedScanner(status.kernel, reader, resident, bounded)
-    scanner.warm(every_layer(reader))  # the norms and tiles now, rather than in the first query
+    every = every_layer(reader)
+    scanner.warm(every)  # the norms and tiles now, rather than in the first query
+    if requested == "auto" and bounded and resident is not None:
+        return scanner, *by_size(scanner, every, resident.shape[0], status.reason)
     return scanner, "bounded" if bounded else "fused", status.reason

@@ -49,6 +49,14 @@ class TiledRows:
         """Rows [start, stop) in stored order (a copy)."""
         return self.rows(torch.arange(start, stop))
 
+    def restore(self) -> None:
+        """Put the rows back in stored order, in place (a tile holds the bytes of its own 16
+        rows, so whole tiles can be restored a few at a time). The tiles are gone after."""
+        for a in range(0, self.tiled, _UNTILE_ROWS):
+            b = min(a + _UNTILE_ROWS, self.tiled)
+            self.data[a:b].copy_(self.block(a, b))
+        self.tiled = 0
+
     def bounded(
         self,
         query: PreparedQuery,

@@ -67,10 +67,18 @@ class FusedInt8Scan:
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fused-scan")
 
     def prepare(
-        self, layout: RowLayout, codec: RowCodec, hq: dict[str, torch.Tensor]
+        self,
+        layout: RowLayout,
+        codec: RowCodec,
+        hq: dict[str, torch.Tensor],
+        bounded: bool = True,
     ) -> PreparedQuery:
-        """Per scored layer: the kernel's column map, and Hq in the orientation it reads."""
-        return prepare_query(layout, codec, hq, bounded=self.has_bounded, amx=self.use_amx)
+        """Per scored layer: the kernel's column map, and Hq in the orientation it reads;
+        ``bounded`` (where the build has the pass): with its int8 levels. The orientation
+        is the same either way, so exact scores do not depend on ``bounded``."""
+        return prepare_query(
+            layout, codec, hq, bounded=bounded and self.has_bounded, amx=self.use_amx
+        )
 
     def row_norms(self, query: PreparedQuery, rows: torch.Tensor) -> torch.Tensor:
         """(n, layers) s_a·s_b·Σ_k ‖a_k‖‖b_k‖ of the query's layers: they do not depend on
