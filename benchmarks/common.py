@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lorif_serve.server.break_even import median_seconds as timed_median
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,14 +44,8 @@ def machine() -> dict[str, Any]:
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    """The benchmarks' default: five timed calls after one untimed."""
+    return timed_median(fn, repeats, warmup)
 
 
 def write_result(name: str, data: dict[str, Any], table: str) -> None:

@@ -58,9 +58,12 @@ def break_even_rows(prep_extra_s: float, exact_row_s: float, bounded_row_s: floa
     return max(prep_extra_s, 0.0) / saving
 
 
-def _median_seconds(job: Callable[[], object]) -> float:
+def median_seconds(job: Callable[[], object], repeats: int = _REPEATS, warmup: int = 0) -> float:
+    """The median wall time of ``repeats`` calls of ``job`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        job()
     times = []
-    for _ in range(_REPEATS):
+    for _ in range(repeats):
         began = time.perf_counter()
         job()
         times.append(time.perf_counter() - began)
@@ -75,16 +78,16 @@ def measure_break_even(scanner: Scanner, query: ScanQuery) -> float:
     rows = 0 if tiles is None else min(tiles.tiled, _TIMED_ROWS)
     if tiles is None or rows < 16:
         return 0.0
-    prepare_bounded = _median_seconds(lambda: scanner.prepare(query, bounded=True))
-    prepare_exact = _median_seconds(lambda: scanner.prepare(query, bounded=False))
+    prepare_bounded = median_seconds(lambda: scanner.prepare(query, bounded=True))
+    prepare_exact = median_seconds(lambda: scanner.prepare(query, bounded=False))
     exact, bounded = scanner.prepare(query, bounded=False), scanner.prepare(query, bounded=True)
     out = torch.empty(1, rows, dtype=torch.float32)
     margin = torch.empty_like(out)
     norms = scanner.norms.block(bounded, tuple(query.hq), tiles.data[:rows], 0, resident=True)
     stored = tiles.block(0, rows)  # an index scanned exactly is put back in stored order
     with serial_torch():
-        exact_s = _median_seconds(lambda: scanner.kernel.score(exact, stored, out))
-        bounded_s = _median_seconds(
+        exact_s = median_seconds(lambda: scanner.kernel.score(exact, stored, out))
+        bounded_s = median_seconds(
             lambda: tiles.bounded(bounded, 0, rows, norms, out, margin, levels=2)
         )
     return break_even_rows(prepare_bounded - prepare_exact, exact_s / rows, bounded_s / rows)
