@@ -18,6 +18,10 @@
  * One TDPBSUD does 16 x 16 x 64 multiply-adds; four tiles' (or components') products
  * share each load of the query's codes.
  */
+/* (tile, component) pairs sharing each load of the query's codes; declared with or without
+ * AMX, since scan_int8.c steps by it on either side */
+enum { AMX_PAIRS = 4 };
+
 #if defined(__AMX_INT8__) && defined(__AMX_TILE__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -51,7 +55,6 @@ static void amx_begin(void)
 
 static void amx_end(void) { _tile_release(); }
 
-enum { AMX_PAIRS = 4 }; /* (tile, component) pairs sharing each load of the query's codes */
 static _Thread_local int32_t amx_y[AMX_PAIRS][256] __attribute__((aligned(64)));
 static _Thread_local uint8_t amx_pad[AMX_PAIRS][1024] __attribute__((aligned(64)));
 
