@@ -22,6 +22,7 @@ from lorif_serve.server.torch_threads import serial_torch
 
 if TYPE_CHECKING:
     from lorif_serve.indexer.core.query import ScanQuery
+    from lorif_serve.indexer.store.reader import IndexReader
     from lorif_serve.server.kernels.fused import FusedInt8Scan
     from lorif_serve.server.kernels.prepared import PreparedQuery
     from lorif_serve.server.row_norms import RowNorms
@@ -32,6 +33,8 @@ class Scanner(Protocol):
     """What the measurement needs of a ``FusedScanner``."""
 
     tiles: TiledRows | None
+    resident: torch.Tensor | None
+    reader: IndexReader
     kernel: FusedInt8Scan
     norms: RowNorms
     exact_below: float
@@ -72,29 +75,44 @@ def median_seconds(job: Callable[[], object], repeats: int = _REPEATS, warmup: i
 
 def measure_break_even(scanner: Scanner, query: ScanQuery) -> float:
     """Time ``query``'s preparation with and without the int8 levels, and the exact and the
-    (two-level) bounded kernels over the first tiled rows; returns ``break_even_rows``.
-    0 (keep bounded) where the resident rows are not tiled."""
+    bounded kernels over the first rows (resident: the two-level tiled pass; streamed: the
+    row pass); returns ``break_even_rows``. 0 (keep bounded) where resident rows are not
+    tiled (a diagnostics setting)."""
     tiles = scanner.tiles
-    rows = 0 if tiles is None else min(tiles.tiled, _TIMED_ROWS)
-    if tiles is None or rows < 16:
+    if tiles is not None:
+        rows = min(tiles.tiled, _TIMED_ROWS)
+    elif scanner.resident is None:
+        rows = min(scanner.reader.n_examples, _TIMED_ROWS)
+    else:
+        return 0.0
+    if rows < 16:
         return 0.0
     prepare_bounded = median_seconds(lambda: scanner.prepare(query, bounded=True))
     prepare_exact = median_seconds(lambda: scanner.prepare(query, bounded=False))
     exact, bounded = scanner.prepare(query, bounded=False), scanner.prepare(query, bounded=True)
     out = torch.empty(1, rows, dtype=torch.float32)
     margin = torch.empty_like(out)
-    norms = scanner.norms.block(bounded, tuple(query.hq), tiles.data[:rows], 0, resident=True)
-    stored = tiles.block(0, rows)  # an index scanned exactly is put back in stored order
+    if tiles is not None:
+        norms = scanner.norms.block(bounded, tuple(query.hq), tiles.data[:rows], 0, resident=True)
+        stored = tiles.block(0, rows)  # an index scanned exactly is put back in stored order
+
+        def bounded_pass() -> None:
+            tiles.bounded(bounded, 0, rows, norms, out, margin, levels=2)
+    else:  # streamed blocks: their norms are kept after the first scan, so not timed
+        stored = scanner.reader.rows(0, rows)
+        norms = scanner.kernel.row_norms(bounded, stored)
+
+        def bounded_pass() -> None:
+            scanner.kernel.bounded(bounded, stored, norms, out, margin)
+
     with serial_torch():
         exact_s = median_seconds(lambda: scanner.kernel.score(exact, stored, out))
-        bounded_s = median_seconds(
-            lambda: tiles.bounded(bounded, 0, rows, norms, out, margin, levels=2)
-        )
+        bounded_s = median_seconds(bounded_pass)
     return break_even_rows(prepare_bounded - prepare_exact, exact_s / rows, bounded_s / rows)
 
 
 def by_size(scanner: Scanner, every: ScanQuery, rows: int, reason: str) -> tuple[str, str]:
-    """``auto`` on resident rows: the exact scan where the index is below the bounded
+    """``auto``: the exact scan where the index (``rows``) is below the bounded
     scan's break-even, measured now (``measure_break_even``); the kernel's name and why."""
     if rows >= CALIBRATE_BELOW:
         return "bounded", reason

@@ -94,7 +94,7 @@ class FusedScanner:
     ) -> None:
         self.kernel, self.reader, self.resident = kernel, reader, resident
         self.bounded = bounded and kernel.has_bounded
-        # Resident indexes with fewer rows are scanned exactly: the bounded scan's query
+        # Indexes with fewer rows are scanned exactly: the bounded scan's query
         # preparation costs more than its pass saves there (``break_even``).
         self.exact_below = 0.0
         self.norms = RowNorms(kernel, reader.layout.layers, reader.n_examples)
@@ -110,7 +110,7 @@ class FusedScanner:
     @property
     def bounds(self) -> bool:
         """Whether a scan takes the bounded pass (else every row is scored exactly)."""
-        small = self.resident is not None and self.resident.shape[0] < self.exact_below
+        small = self.reader.n_examples < self.exact_below
         return self.bounded and not small
 
     def warm(self, every_layer: ScanQuery) -> None:
@@ -184,6 +184,9 @@ class FusedScanner:
         exact_best = make(top_k, True)
         exact_worst = make(bottom_k, False) if bottom_k else None
         kept_rows: list[torch.Tensor] = []
+        # Streamed blocks are gone once released: the candidates' stored rows are copied
+        # as they are found, not read back one by one for the rescoring.
+        kept_stored: list[torch.Tensor] | None = [] if self.resident is None else None
         kept_bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
         wait, count, exact_rows, exact_mode = 0.0, 0, 0, False
         levels = 0  # query levels of the tiled pass, chosen at the first block
@@ -229,9 +232,11 @@ class FusedScanner:
                 upper.add(high, numbers)
             cut = upper.kth() if upper is not None else None
             keep = _undecided(low, high, lower.kth(), cut, ok).any(dim=0)
+            picked = keep.nonzero().squeeze(1)
+            if kept_stored is not None:
+                kept_stored.append(raw.index_select(0, picked))
             if release is not None:
                 release()
-            picked = keep.nonzero().squeeze(1)
             kept_rows.append(picked + start)
             kept_bounds.append((low[:, picked], high[:, picked]))
             exact_mode = picked.shape[0] > _MAX_KEPT * n
@@ -245,7 +250,10 @@ class FusedScanner:
         worst = make(bottom_k, False) if bottom_k else None
         rescored = exact_rows
         if bool(need.any()):
-            top, bottom, candidates = self._rescore(prepared, rows, need, top_k, bottom_k, allowed)
+            stored = torch.cat(kept_stored) if kept_stored is not None else None
+            top, bottom, candidates = self._rescore(
+                prepared, rows, need, top_k, bottom_k, allowed, stored
+            )
             best.add(*top)
             if worst is not None and bottom is not None:
                 worst.add(*bottom)
@@ -266,23 +274,34 @@ class FusedScanner:
         top_k: int,
         bottom_k: int,
         allowed: torch.Tensor | None,
+        stored: torch.Tensor | None = None,
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None, int]:
         """Exact scores of the candidates: of their union for every query at once, or, where
-        the queries' candidates overlap little, of each query's own (fewer row-queries)."""
+        the queries' candidates overlap little, of each query's own (fewer row-queries).
+        ``stored``: the candidates' stored rows, aligned with ``rows`` (else fetched)."""
         union = need.any(dim=0)
         rows, need = rows[union], need[:, union]
+        if stored is None:
+            stored = self._fetch(rows)
+        else:
+            stored = stored[union]
         per_query = int(need.sum())
         if prepared.batch == 1 or 2 * per_query > rows.shape[0] * prepared.batch:
-            parts = [(prepared, rows, allowed)]
+            parts = [(prepared, rows, stored, allowed)]
         else:
             parts = [
-                (prepared.one(b), rows[need[b]], None if allowed is None else allowed[b : b + 1])
+                (
+                    prepared.one(b),
+                    rows[need[b]],
+                    stored[need[b]],
+                    None if allowed is None else allowed[b : b + 1],
+                )
                 for b in range(prepared.batch)
             ]
         tops, bottoms = [], []
-        for query, picked, mask in parts:
+        for query, picked, picked_stored, mask in parts:
             exact = torch.empty(query.batch, picked.shape[0], dtype=torch.float32)
-            self.kernel.score(query, self._fetch(picked), exact)
+            self.kernel.score(query, picked_stored, exact)
             tops.append(_best_of(exact, picked, top_k, True, mask))
             if bottom_k:
                 bottoms.append(_best_of(exact, picked, bottom_k, False, mask))
@@ -292,19 +311,16 @@ class FusedScanner:
             if bottoms
             else None
         )
-        return top, bottom, sum(int(p.shape[0]) for _, p, _ in parts)
+        return top, bottom, sum(int(p.shape[0]) for _, p, _, _ in parts)
 
     def _fetch(self, rows: torch.Tensor) -> torch.Tensor:
-        """The stored rows with these (ascending) numbers, as one contiguous block."""
+        """The resident stored rows with these (ascending) numbers, as one contiguous block
+        (streamed scans keep their candidates' rows as they go)."""
         if self.tiles is not None:
             return self.tiles.rows(rows)
-        if self.resident is not None:
-            return self.resident.index_select(0, rows)
-        width = self.reader.codec.width
-        out = torch.empty((rows.shape[0], width), dtype=torch.int8)
-        for i, row in enumerate(rows.tolist()):
-            out[i] = self.reader.rows(row, row + 1)[0]
-        return out
+        if self.resident is None:
+            raise RuntimeError("streamed rows are kept during the scan, not fetched")
+        return self.resident.index_select(0, rows)
 
 
 def every_layer(reader: IndexReader) -> ScanQuery:
@@ -338,6 +354,6 @@ def choose_scanner(
     scanner = FusedScanner(status.kernel, reader, resident, bounded)
     every = every_layer(reader)
     scanner.warm(every)  # the norms and tiles now, rather than in the first query
-    if requested == "auto" and bounded and resident is not None:
-        return scanner, *by_size(scanner, every, resident.shape[0], status.reason)
+    if requested == "auto" and bounded:
+        return scanner, *by_size(scanner, every, reader.n_examples, status.reason)
     return scanner, "bounded" if bounded else "fused", status.reason

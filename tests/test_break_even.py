@@ -46,6 +46,8 @@ def test_the_measured_break_even_is_a_number_of_rows():
     scanner.warm(query)
     rows = measure_break_even(scanner, query)
     assert rows > 0 and not math.isnan(rows)
+    streamed = measure_break_even(_scanner(raw, layout, codec, True, False), query)
+    assert streamed > 0 and not math.isnan(streamed)
 
 
 def _answers(engine, reader):
@@ -54,24 +56,32 @@ def _answers(engine, reader):
 
 
 @needs_bounded
+@pytest.mark.parametrize("residency", ["ram", "disk"])
 @pytest.mark.parametrize("break_even", [0.0, 1e9])
-def test_auto_answers_as_the_bounded_scan_on_either_side(break_even, int8_index_path, monkeypatch):
-    """Below the break-even: the fused kernel over rows put back in stored order; above it:
-    the bounded pass over tiles. Bit for bit the bounded kernel's answer either way."""
+def test_auto_answers_as_the_bounded_scan_on_either_side(
+    break_even, residency, int8_index_path, monkeypatch
+):
+    """Below the break-even: the fused kernel (over resident rows put back in stored order);
+    above it: the bounded pass (over tiles where resident). Bit for bit the bounded kernel's
+    answer either way."""
     monkeypatch.setattr("lorif_serve.server.break_even.measure_break_even", lambda *_: break_even)
     with IndexReader(int8_index_path) as reader:
+        cpu = torch.device("cpu")
         torch.manual_seed(0)
-        want = _answers(ScanEngine(reader, torch.device("cpu"), "ram", kernel="bounded"), reader)
-        engine = ScanEngine(reader, torch.device("cpu"), "ram")
+        want = _answers(ScanEngine(reader, cpu, residency, kernel="bounded"), reader)
+        engine = ScanEngine(reader, cpu, residency)
         torch.manual_seed(0)
         got = _answers(engine, reader)
         small = break_even > reader.n_examples
         assert engine.kernel == ("fused" if small else "bounded")
         assert ("below the bounded scan's break-even" in engine.kernel_reason) == small
         scanner = engine._fused
-        assert (scanner.tiles is None) == small
+        assert (scanner.tiles is None) == (small or residency == "disk")
         if small:  # every row scored exactly, read in stored order
             assert got.rescored == reader.n_examples
-            assert torch.equal(scanner.resident, reader.rows(0, reader.n_examples))
+            if residency == "ram":
+                assert torch.equal(scanner.resident, reader.rows(0, reader.n_examples))
+        else:
+            assert got.rescored < reader.n_examples
         for field in ("top_scores", "top_rows", "bottom_scores", "bottom_rows"):
             assert torch.equal(getattr(got, field), getattr(want, field))
