@@ -40,6 +40,12 @@ SECTIONS = [
         "`python -m benchmarks.serving`",
     ),
     (
+        "serving-epyc",
+        "Query latency, floors and batching on a CPU without AMX",
+        "The same benchmark on an AMD EPYC (AVX-512 VNNI, no AMX tiles). "
+        "`python -m benchmarks.serving --out=-epyc`",
+    ),
+    (
         "scan_kernels",
         "CPU scan kernels side by side",
         "One process, residency ram, exact top-10 + bottom-10 of real preconditioned queries "
@@ -58,6 +64,13 @@ SECTIONS = [
         "Random rows make the one-level bound prune little; the tiled pass's probe takes two "
         "query levels. `python -m benchmarks.scan_kernels --smollm2-rows 100000 --batches 1 "
         "--kernels fused,bounded,bounded-vector`",
+    ),
+    (
+        "scan_kernels-smollm2-epyc",
+        "CPU scan kernels at SmolLM2-135M dims on a CPU without AMX",
+        "The same 100 k random rows on an AMD EPYC (the bounded pass on vector registers). "
+        "`python -m benchmarks.scan_kernels --smollm2-rows 100000 --batches 1 "
+        "--kernels fused,bounded --out=-epyc`",
     ),
     (
         "scan_kernels-smollm2-b16",

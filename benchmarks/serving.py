@@ -195,6 +195,11 @@ def main() -> None:
         help="an index built with SmolLM2-135M (benchmarks.indexing's GGUF): its single-query "
         "split and HTTP at 1 / 4 / 16 clients, next to the demo's",
     )
+    parser.add_argument(
+        "--out",
+        default="",
+        help="result name suffix (e.g. -epyc: a machine kind beside the usual record)",
+    )
     args = parser.parse_args()
     prompt, completion, _ = demo_query(args.held_out)
     rate = gemm_rate()
@@ -244,7 +249,7 @@ def main() -> None:
     result = {"gemm_flops": rate, "engine": engine_rows, "http": http_rows}
     if smol_http:
         result["http_smollm2"] = smol_http
-    write_result("serving", result, table)
+    write_result(f"serving{args.out}", result, table)
 
 
 def http_table(rows: list[dict[str, Any]]) -> str:
