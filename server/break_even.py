@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from lorif_serve.server.tiled import stream_bounded
 from lorif_serve.server.torch_threads import serial_torch
 
 if TYPE_CHECKING:
@@ -75,8 +76,8 @@ def median_seconds(job: Callable[[], object], repeats: int = _REPEATS, warmup: i
 
 def measure_break_even(scanner: Scanner, query: ScanQuery) -> float:
     """Time ``query``'s preparation with and without the int8 levels, and the exact and the
-    bounded kernels over the first rows (resident: the two-level tiled pass; streamed: the
-    row pass); returns ``break_even_rows``. 0 (keep bounded) where resident rows are not
+    bounded kernels over the first rows (the two-level tiled pass; streamed rows are tiled a
+    step at a time); returns ``break_even_rows``. 0 (keep bounded) where resident rows are not
     tiled (a diagnostics setting)."""
     tiles = scanner.tiles
     if tiles is not None:
@@ -103,7 +104,7 @@ def measure_break_even(scanner: Scanner, query: ScanQuery) -> float:
         norms = scanner.kernel.row_norms(bounded, stored)
 
         def bounded_pass() -> None:
-            scanner.kernel.bounded(bounded, stored, norms, out, margin)
+            stream_bounded(scanner.kernel, bounded, stored, norms, out, margin, levels=2)
 
     with serial_torch():
         exact_s = median_seconds(lambda: scanner.kernel.score(exact, stored, out))

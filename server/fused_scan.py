@@ -25,7 +25,7 @@ from lorif_serve.server.kernels.build import load_kernel
 from lorif_serve.server.kernels.fused import FusedInt8Scan
 from lorif_serve.server.kernels.prepared import PreparedQuery
 from lorif_serve.server.row_norms import RowNorms
-from lorif_serve.server.tiled import TiledRows
+from lorif_serve.server.tiled import TiledRows, stream_bounded, stream_levels
 from lorif_serve.server.topk import RowMerger, allowed_at
 from lorif_serve.server.torch_threads import serial_torch
 
@@ -223,7 +223,11 @@ class FusedScanner:
                     cut = upper.kth_with(high, numbers) if upper is not None else None
                     undecided = _undecided(low, high, lower.kth_with(low, numbers), cut, ok)
                     self.tiles.refine(prepared, start, start + n, norms, approx, margin, undecided)
-            else:
+            elif self.resident is None:  # streamed blocks: tiled a step at a time
+                if levels == 0:
+                    levels = stream_levels(self.kernel, prepared, raw, norms)
+                stream_bounded(self.kernel, prepared, raw, norms, approx, margin, levels)
+            else:  # resident rows in stored order (LORIF_ROW_TILES=0)
                 self.kernel.bounded(prepared, raw, norms, approx, margin)
             low = approx[:, :n] - margin[:, :n]
             high = approx[:, :n] + margin[:, :n]

@@ -153,11 +153,50 @@ class TiledRows:
         margin = torch.empty_like(approx)
         self.kernel.bounded(query, self.data[:probe], norms[:probe], approx, margin, tiled=True)
         self._probe = (query, approx, margin)  # the pass takes these rows as they are
-        spread = approx.std(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
-        return 2 if bool((margin.mean(dim=1) > spread).any()) else 1
+        return levels_of(approx, margin)
 
     def score(self, query: PreparedQuery, start: int, stop: int, out: torch.Tensor) -> None:
         """Exact scores of rows [start, stop) into ``out`` (B, ≥ stop − start)."""
         for a in range(start, stop, _UNTILE_ROWS):
             b = min(a + _UNTILE_ROWS, stop)
             self.kernel.score(query, self.block(a, b), out[:, a - start : b - start])
+
+
+def levels_of(approx: torch.Tensor, margin: torch.Tensor) -> int:
+    """The level rule (``TiledRows.levels``) on one-level intervals of the probed rows."""
+    spread = approx.std(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    return 2 if bool((margin.mean(dim=1) > spread).any()) else 1
+
+
+def stream_levels(
+    kernel: FusedInt8Scan, query: PreparedQuery, rows: torch.Tensor, norms: torch.Tensor
+) -> int:
+    """The level rule for rows in stored order (a streamed block's first whole tiles)."""
+    probe = min(rows.shape[0], _PROBE_ROWS) // 16 * 16
+    if probe == 0:
+        return 1
+    approx = torch.empty(query.batch, probe, dtype=torch.float32)
+    margin = torch.empty_like(approx)
+    kernel.bounded(query, rows[:probe], norms[:probe], approx, margin, stream=True)
+    return levels_of(approx, margin)
+
+
+def stream_bounded(
+    kernel: FusedInt8Scan,
+    query: PreparedQuery,
+    rows: torch.Tensor,
+    norms: torch.Tensor,
+    approx: torch.Tensor,
+    margin: torch.Tensor,
+    levels: int,
+) -> None:
+    """The bounded pass over rows in stored order: their whole tiles through the tiled pass
+    (tiled a step at a time into a small buffer), the rows after them by the row pass."""
+    n = rows.shape[0]
+    whole = n // 16 * 16
+    if whole:
+        kernel.bounded(
+            query, rows[:whole], norms[:whole], approx, margin, levels=levels, stream=True
+        )
+    if whole < n:
+        kernel.bounded(query, rows[whole:], norms[whole:], approx[:, whole:], margin[:, whole:])

@@ -136,6 +136,60 @@ def test_bounded_interval_holds_every_fused_score(seed, tiled, levels, products)
 
 
 @needs_bounded
+@pytest.mark.parametrize("products", ["vector", "amx"])
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_streamed_rows_take_the_tiled_pass_bit_for_bit(batch, levels, products):
+    """Rows in stored order, tiled a step at a time into a buffer (``stream``): the same
+    intervals as the pass over rows tiled beforehand, for every layer shape of SPECS."""
+    layout, codec, raw = int8_rows(208, batch + levels)
+    kernel = _tiled_kernel(products)
+    prepared = kernel.prepare(layout, codec, queries(batch, 7))
+    norms = kernel.row_norms(prepared, raw)
+    tiles = TiledRows(kernel, prepared.meta, raw.clone())
+    want = [torch.empty(batch, 208) for _ in range(2)]
+    tiles.bounded(prepared, 0, 208, norms, *want, levels)
+    got = [torch.full((batch, 208), float("nan")) for _ in range(2)]
+    before = raw.clone()
+    kernel.bounded(prepared, raw, norms, *got, levels=levels, stream=True)
+    assert torch.equal(raw, before)  # the stored rows are left as they are
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_the_tile_transform_lays_bytes_as_documented():
+    """Byte o of row r at 16·o + r, except 4-byte elements (element e at 16·e + 4·r, b
+    codes with their sign bits flipped), against a plain Python walk of the layout."""
+    if STATUS.kernel is None or not STATUS.kernel.has_bounded:
+        pytest.skip("no AVX-512 VNNI build")
+    layout, codec, raw = int8_rows(48, 3)
+    kernel = STATUS.kernel
+    meta = kernel.prepare(layout, codec, queries(1, 8)).meta
+    tiled = raw.clone()
+    kernel.tile_rows(meta, tiled)
+    width = raw.shape[1]
+    four = {}  # offset of a 4-byte element → whether its bytes are flipped
+    for m in meta.tolist():
+        if m[1] >= 0 and m[4] % 4 == 0:
+            four.update(dict.fromkeys(range(m[1], m[1] + m[2] * m[4], 4), True))
+        four.update({m[side]: False for side in (5, 6) if m[side] >= 0})
+    want = torch.empty_like(raw)
+    for t in range(3):
+        src, dst = raw[16 * t : 16 * t + 16].view(torch.uint8), want[16 * t : 16 * t + 16]
+        out = dst.view(-1).view(torch.uint8)
+        o = 0
+        while o < width:
+            if o in four:
+                for r in range(16):
+                    word = src[r, o : o + 4] ^ (0x80 if four[o] else 0)
+                    out[16 * o + 4 * r : 16 * o + 4 * r + 4] = word
+                o += 4
+            else:
+                out[16 * o : 16 * o + 16] = src[:, o]
+                o += 1
+    assert torch.equal(tiled, want)
+
+
+@needs_bounded
 @pytest.mark.parametrize("levels", [1, 2])
 def test_tiled_interval_holds_where_products_are_summed_in_float(levels):
     """A b side longer than 256 codes: four products may pass 2³¹ in int32, so the tiled

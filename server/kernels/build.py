@@ -24,7 +24,7 @@ from lorif_serve.server.kernels.fused import FusedInt8Scan
 
 _SOURCE = "scan_int8.c"
 _HEADERS = ("scan_amx.h",)  # included by the source: written next to it, part of the key
-_VERSION = 12  # lorif_kernel_version() of a matching build
+_VERSION = 13  # lorif_kernel_version() of a matching build
 
 
 def cache_folder() -> Path:

@@ -41,11 +41,11 @@ class FusedInt8Scan:
             self._bounded.argtypes += [_P, _P, _I64, _P, _P, _I32, _P, _P, _P, _I64, _P, _I64]
             self._bounded.restype = None
             self._tiles = library.lorif_bounded_tiles
-            self._tiles.argtypes = [*self._bounded.argtypes, _P, _P, _I32, _P, _P, _P, _I64]
+            self._tiles.argtypes = [*self._bounded.argtypes, _P, _P, _I32, _P, _P, _P, _I64, _P]
             self._tiles.restype = None
             self._tile_rows = library.lorif_tile_rows
             self._tile_rows.argtypes = [_P, _I64, _I64, _P, _I32, _P, _P]
-            self._tile_rows.restype = None
+            self._tile_rows.restype = _I32
             self._untile = library.lorif_untile_rows
             self._untile.argtypes = [_P, _I64, _I64, _P, _I32, _P, _I64, _P, _P]
             self._untile.restype = None
@@ -115,7 +115,7 @@ class FusedInt8Scan:
             count = min(per_thread, tiles - first)
             tmp = torch.empty(TILE_ROWS * width, dtype=torch.int8)
             scratch = torch.empty(width, dtype=torch.uint8)
-            self._tile_rows(
+            done = self._tile_rows(
                 rows.data_ptr() + first * TILE_ROWS * width,
                 count,
                 width,
@@ -124,6 +124,8 @@ class FusedInt8Scan:
                 tmp.data_ptr(),
                 scratch.data_ptr(),
             )
+            if not done:
+                raise MemoryError("no memory for the tile transform's plan")
 
         list(self._pool.map(run, range(0, tiles, max(per_thread, 1))))
         return tiles * TILE_ROWS
@@ -157,19 +159,24 @@ class FusedInt8Scan:
         margin: torch.Tensor,
         tiled: bool = False,
         levels: int = 1,
+        stream: bool = False,
     ) -> None:
         """(B, n) approximate scores and their error bounds: |exact − approx| ≤ margin.
 
         ``norms``: ``row_norms`` of the same rows and layers. ``tiled``: the rows are whole
-        tiles (``tile_rows``). ``levels``: 2 adds the query's second int8 level (tiles only).
+        tiles (``tile_rows``). ``stream``: rows in stored order (whole tiles of them) taken
+        through the tiled pass, each step's tiles made in a small buffer first; the same
+        intervals bit for bit. ``levels``: 2 adds the query's second int8 level (tiles only).
         """
         bounded = _check_bounded(query, rows, norms, approx, margin)
-
+        tiled = tiled or stream
         if tiled and rows.shape[0] % TILE_ROWS:
             raise ValueError(f"tiled rows come in whole tiles of {TILE_ROWS}")
         if levels not in (1, 2) or (levels == 2 and not tiled):
             raise ValueError("two query levels are for tiled rows only")
         fn = self._tiles if tiled else self._bounded
+        # a step's tiles: up to 16 with AMX, 4 without (scan_int8.c's WIDE and QUAD)
+        step_bytes = (16 if self.use_amx else 4) * TILE_ROWS * rows.shape[1]
         eps = bounded.fine_eps if levels == 2 else bounded.eps
         extra = (
             (
@@ -188,6 +195,7 @@ class FusedInt8Scan:
         )
 
         def run(start: int, stop: int, work: torch.Tensor) -> None:
+            scratch = torch.empty(step_bytes if stream else 0, dtype=torch.int8)
             fn(
                 rows.data_ptr() + start * rows.stride(0),
                 stop - start,
@@ -212,6 +220,7 @@ class FusedInt8Scan:
                 work.data_ptr(),
                 work.shape[0],
                 *extra,
+                *((scratch.data_ptr() if stream else None,) if tiled else ()),
             )
 
         self._across_threads(query, rows.shape[0], run)

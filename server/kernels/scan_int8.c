@@ -12,6 +12,7 @@
  */
 #define _DEFAULT_SOURCE /* syscall(), for the AMX request */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef float v16 __attribute__((vector_size(64)));
@@ -104,7 +105,7 @@ static void layer_to_float(const int8_t *row, const int64_t *m, float *af, float
 
 enum { META = 8, TILE = 8 };
 
-int32_t lorif_kernel_version(void) { return 12; }
+int32_t lorif_kernel_version(void) { return 13; }
 
 /* meta, per layer: a offset, b offset (-1: a dense layer, b = 1), c, da, db,
  * byte offset of the a scale, of the b scale (-1: 1), offset of H in a query's block.
@@ -406,26 +407,138 @@ static void gather_row(const int8_t *tile, int64_t r, int64_t row_bytes, const u
     }
 }
 
-/* Rearrange n_tiles * 16 rows into tiles, in place (tmp: 16 * row_bytes bytes; width:
- * row_bytes bytes of scratch). meta: every layer of the row, as for lorif_scan_int8. */
-void lorif_tile_rows(int8_t *rows, int64_t n_tiles, int64_t row_bytes, const int64_t *meta,
-                     int32_t n_layers, int8_t *tmp, uint8_t *width)
+/* How the tile transform takes the 4 bytes of each 4-aligned slot of a row: as one 4-byte
+ * element (flipped or not), as four single bytes, or (an element crossing the slot, or a slot
+ * past the last whole 64 bytes) one element at a time in the scalar walk. */
+enum { SLOT_WALK = 0, SLOT_WORD = 1, SLOT_FLIP = 2, SLOT_BYTES = 3 };
+
+/* A row's plan for tile_from: its element widths, each slot's class, and the elements left
+ * to the scalar walk (their offsets), computed once per call. */
+struct tile_plan {
+    uint8_t *width, *slot;
+    int32_t *walk;
+    int64_t n_walk, vector_bytes, row_bytes;
+};
+
+static void plan_free(struct tile_plan *plan) { free(plan->width); }
+
+static int plan_tiles(const int64_t *meta, int32_t n_layers, int64_t row_bytes,
+                      struct tile_plan *plan)
 {
-    element_widths(meta, n_layers, row_bytes, width);
+    const int64_t slots = row_bytes / 4 + 1;
+    uint8_t *memory = malloc((size_t)(row_bytes + slots + 4 * row_bytes + 64));
+    if (memory == NULL) return 0;
+    plan->width = memory;
+    plan->slot = memory + row_bytes;
+    plan->walk = (int32_t *)(((uintptr_t)(plan->slot + slots) + 3) & ~(uintptr_t)3);
+    plan->row_bytes = row_bytes;
+    plan->vector_bytes = row_bytes / 64 * 64;
+    element_widths(meta, n_layers, row_bytes, plan->width);
+    const uint8_t *w = plan->width;
+    for (int64_t k = 0; 4 * k + 4 <= plan->vector_bytes; k++) {
+        const uint8_t *x = w + 4 * k;
+        if (x[0] == B_CODES || x[0] == SCALE)
+            plan->slot[k] = x[0] == B_CODES ? SLOT_FLIP : SLOT_WORD;
+        else
+            plan->slot[k] = x[0] == BYTE && x[1] == BYTE && x[2] == BYTE && x[3] == BYTE
+                                ? SLOT_BYTES
+                                : SLOT_WALK;
+    }
+    plan->n_walk = 0;
+    for (int64_t o = 0; o < row_bytes; o += w[o] == BYTE ? 1 : 4)
+        if (o >= plan->vector_bytes || plan->slot[o / 4] == SLOT_WALK)
+            plan->walk[plan->n_walk++] = (int32_t)o;
+    return 1;
+}
+
+/* Transpose of a 16 x 16 matrix of 32-bit words: v[i] (row i) becomes column i. */
+static void transpose16(__m512i v[16])
+{
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { /* v[4m + c], lane L: word 4L + c of rows 4m..4m+3 */
+        v[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        v[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int c = 0; c < 4; c++) { /* the 128-bit lanes of v[c], v[4+c], v[8+c], v[12+c] */
+        const __m512i w0 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0x44);
+        const __m512i w1 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0xEE);
+        const __m512i w2 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0x44);
+        const __m512i w3 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0xEE);
+        t[c] = _mm512_shuffle_i32x4(w0, w2, 0x88);
+        t[4 + c] = _mm512_shuffle_i32x4(w0, w2, 0xDD);
+        t[8 + c] = _mm512_shuffle_i32x4(w1, w3, 0x88);
+        t[12 + c] = _mm512_shuffle_i32x4(w1, w3, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) v[i] = t[i];
+}
+
+/* One tile (16 rows of src, row_bytes apart) into dst in the tile layout. Each 64 bytes of
+ * the rows is one 16 x 16 word transpose; a slot of four single bytes then has its 16 rows'
+ * words regrouped byte by byte (16 rows of byte 0, then of byte 1, …). */
+static void tile_from(int8_t *dst, const int8_t *src, const struct tile_plan *plan)
+{
+    const int64_t row_bytes = plan->row_bytes;
+    const __m512i flip = _mm512_set1_epi32((int32_t)0x80808080u);
+#ifdef __AVX512VBMI__
+    static const int8_t order[64] = {0, 4, 8,  12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60,
+                                     1, 5, 9,  13, 17, 21, 25, 29, 33, 37, 41, 45, 49, 53, 57, 61,
+                                     2, 6, 10, 14, 18, 22, 26, 30, 34, 38, 42, 46, 50, 54, 58, 62,
+                                     3, 7, 11, 15, 19, 23, 27, 31, 35, 39, 43, 47, 51, 55, 59, 63};
+    const __m512i bytes = _mm512_loadu_si512((const void *)order);
+#endif
+    for (int64_t o = 0; o < plan->vector_bytes; o += 64) {
+        __m512i v[16];
+        for (int r = 0; r < 16; r++) v[r] = _mm512_loadu_si512((const void *)(src + r * row_bytes + o));
+        transpose16(v);
+        for (int k = 0; k < 16; k++) {
+            const uint8_t kind = plan->slot[o / 4 + k];
+            int8_t *out = dst + 16 * (o + 4 * k);
+            if (kind == SLOT_WORD)
+                _mm512_storeu_si512((void *)out, v[k]);
+            else if (kind == SLOT_FLIP)
+                _mm512_storeu_si512((void *)out, _mm512_xor_si512(v[k], flip));
+#ifdef __AVX512VBMI__
+            else if (kind == SLOT_BYTES)
+                _mm512_storeu_si512((void *)out, _mm512_permutexvar_epi8(bytes, v[k]));
+#else
+            else if (kind == SLOT_BYTES)
+                for (int b = 0; b < 4; b++)
+                    for (int r = 0; r < RT; r++) out[16 * b + r] = src[r * row_bytes + o + 4 * k + b];
+#endif
+        }
+    }
+    for (int64_t i = 0; i < plan->n_walk; i++) {
+        const int64_t o = plan->walk[i];
+        if (plan->width[o] == BYTE)
+            for (int64_t r = 0; r < RT; r++) dst[16 * o + r] = src[r * row_bytes + o];
+        else
+            for (int64_t r = 0; r < RT; r++)
+                copy4(dst + 16 * o + 4 * r, src + r * row_bytes + o, plan->width[o] == B_CODES);
+    }
+}
+
+/* Rearrange n_tiles * 16 rows into tiles, in place (tmp: 16 * row_bytes bytes; width:
+ * row_bytes bytes of scratch, unused). meta: every layer of the row, as for lorif_scan_int8.
+ * Returns 0 where the plan's memory could not be had (nothing is changed then). */
+int32_t lorif_tile_rows(int8_t *rows, int64_t n_tiles, int64_t row_bytes, const int64_t *meta,
+                        int32_t n_layers, int8_t *tmp, uint8_t *width)
+{
+    (void)width;
+    struct tile_plan plan;
+    if (!plan_tiles(meta, n_layers, row_bytes, &plan)) return 0;
     for (int64_t t = 0; t < n_tiles; t++) {
         int8_t *tile = rows + t * RT * row_bytes;
         memcpy(tmp, tile, (size_t)(RT * row_bytes));
-        for (int64_t o = 0; o < row_bytes;) {
-            if (width[o] == BYTE) {
-                for (int64_t r = 0; r < RT; r++) tile[16 * o + r] = tmp[r * row_bytes + o];
-                o += 1;
-            } else {
-                for (int64_t r = 0; r < RT; r++)
-                    copy4(tile + 16 * o + 4 * r, tmp + r * row_bytes + o, width[o] == B_CODES);
-                o += 4;
-            }
-        }
+        tile_from(tile, tmp, &plan);
     }
+    plan_free(&plan);
+    return 1;
 }
 
 /* Rows (ascending or not) back in row order: those below n_tiled from their tiles, the
@@ -763,9 +876,18 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                          int64_t out_stride, float *work, int64_t work_floats,
                          const int8_t *fine, const int32_t *fine_nc, int32_t levels,
                          const int8_t *rm, const int8_t *fine_rm, const int64_t *rm_offsets,
-                         int64_t rm_stride)
+                         int64_t rm_stride, int8_t *scratch)
 {
     const int64_t tile_bytes = RT * row_bytes;
+    /* scratch (not NULL): the rows are in stored order, and each step's tiles are first
+     * made in scratch (WIDE tiles' bytes), where they stay in cache while scored */
+    struct tile_plan plan;
+    if (scratch != NULL && !plan_tiles(meta, n_layers, row_bytes, &plan)) {
+        for (int32_t bq = 0; bq < batch; bq++) /* no memory: every row left undecided */
+            for (int64_t r = 0; r < n_rows; r++)
+                approx[bq * out_stride + r] = 0.0f, margin[bq * out_stride + r] = INFINITY;
+        return;
+    }
     if (rm != NULL) amx_begin();
     /* Four tiles at a time only where a layer needs them (c not a multiple of 4; sixteen
      * with AMX): else tile by tile, which reads the index in order; the tiles dist on are
@@ -783,9 +905,14 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
     for (int64_t t0 = 0; t0 < n_rows; t0 += group * RT) {
         const int64_t left = (n_rows - t0) / RT, nq = left < group ? left : group;
         const int8_t *quad = rows + t0 * row_bytes;
+        if (scratch != NULL) {
+            for (int64_t j = 0; j < nq; j++)
+                tile_from(scratch + j * tile_bytes, quad + j * tile_bytes, &plan);
+            quad = scratch;
+        }
         const int64_t later = tiles - (t0 / RT + dist); /* tiles j < later have one dist on */
-        /* the first query's turn asks for them */
-        const int64_t ahead = later <= 0 ? 0 : (later < nq ? later : nq);
+        /* the first query's turn asks for them (not from scratch, which is made in time) */
+        const int64_t ahead = later <= 0 || scratch != NULL ? 0 : (later < nq ? later : nq);
         for (int64_t i = 0; i < (int64_t)batch * group; i++) acc[i] = _mm512_setzero_ps();
         for (int32_t bq = 0; bq < batch; bq++)
             for (int64_t r = 0; r < nq * RT; r++) approx[bq * out_stride + t0 + r] = 0.0f;
@@ -818,6 +945,7 @@ void lorif_bounded_tiles(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                             n_layers, approx + bq * out_stride, margin + bq * out_stride);
     }
     if (rm != NULL) amx_end();
+    if (scratch != NULL) plan_free(&plan);
 }
 
 /* The second query level over listed tiles, after a one-level pass: for each tile in tiles
