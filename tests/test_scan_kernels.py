@@ -147,9 +147,9 @@ def test_streamed_rows_take_the_tiled_pass_bit_for_bit(batch, levels, products):
     prepared = kernel.prepare(layout, codec, queries(batch, 7))
     norms = kernel.row_norms(prepared, raw)
     tiles = TiledRows(kernel, prepared.meta, raw.clone())
-    want = [torch.empty(batch, 208) for _ in range(2)]
+    want = [torch.empty(batch, 208, dtype=torch.float32) for _ in range(2)]
     tiles.bounded(prepared, 0, 208, norms, *want, levels)
-    got = [torch.full((batch, 208), float("nan")) for _ in range(2)]
+    got = [torch.full((batch, 208), float("nan"), dtype=torch.float32) for _ in range(2)]
     before = raw.clone()
     kernel.bounded(prepared, raw, norms, *got, levels=levels, stream=True)
     assert torch.equal(raw, before)  # the stored rows are left as they are
