@@ -20,6 +20,7 @@ import torch
 from lorif_serve.indexer.core.query import ScanQuery, score_block
 from lorif_serve.indexer.store.reader import IndexReader
 from lorif_serve.server.fused_scan import FusedScanner, RawBlock, choose_scanner
+from lorif_serve.server.mapped_blocks import mapped_blocks
 from lorif_serve.server.residency import choose_residency, default_block_rows
 from lorif_serve.server.topk import RowMerger
 
@@ -212,14 +213,13 @@ class ScanEngine:
 
     def _raw_blocks(self, resident_rows: int) -> Iterator[RawBlock]:
         """Stored int8 rows as they are: slices of the resident copy (at least
-        ``resident_rows`` at a time, whole tiles), or read-ahead buffers."""
+        ``resident_rows`` at a time, whole tiles), or views of the memory map."""
         if self.residency == "ram" and self._resident is not None:
             step = -(-max(self.block_rows, resident_rows) // 16) * 16  # tiles start on a tile
             for start in range(0, self.n, step):
                 yield self._resident[start : start + step], start, 0.0, None
             return
-        for host, start, _, waited, release in self._from_disk():
-            yield host, start, waited, release
+        yield from mapped_blocks(self.reader, self._blocks())
 
     def _on_device(self, query: ScanQuery) -> ScanQuery:
         return query.to(self.device, self.compute_dtype)
