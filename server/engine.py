@@ -19,9 +19,10 @@ import torch
 
 from lorif_serve.indexer.core.query import ScanQuery, score_block
 from lorif_serve.indexer.store.reader import IndexReader
-from lorif_serve.server.fused_scan import FusedScanner, RawBlock, choose_scanner
+from lorif_serve.server.fused_scan import FusedScanner, RawBlock
 from lorif_serve.server.mapped_blocks import mapped_blocks
 from lorif_serve.server.residency import choose_residency, default_block_rows
+from lorif_serve.server.scanner_choice import choose_scanner
 from lorif_serve.server.topk import RowMerger
 
 # The kernel reads resident rows in place: long blocks, few merges (each block's start waits

@@ -17,11 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lorif_serve.errors import ConfigError
 from lorif_serve.indexer.core.query import ScanQuery
 from lorif_serve.indexer.store.reader import IndexReader
-from lorif_serve.server.break_even import by_size
-from lorif_serve.server.kernels.build import load_kernel
 from lorif_serve.server.kernels.fused import FusedInt8Scan
 from lorif_serve.server.kernels.prepared import PreparedQuery
 from lorif_serve.server.row_norms import RowNorms
@@ -29,7 +26,6 @@ from lorif_serve.server.tiled import TiledRows, stream_bounded, stream_levels
 from lorif_serve.server.topk import RowMerger, allowed_at
 from lorif_serve.server.torch_threads import serial_torch
 
-SCAN_KERNELS = ("auto", "bounded", "fused", "torch")
 # Past this share of a block's rows kept as candidates the bound does not pay (rescoring them
 # costs more than the pass saved): the rest of that scan is scored exactly.
 _MAX_KEPT = 0.2
@@ -331,33 +327,3 @@ def every_layer(reader: IndexReader) -> ScanQuery:
     """A (zero) query naming every layer of the index: the kernel's full layer table."""
     layers = reader.layout.layers
     return ScanQuery({s.name: torch.zeros(1, s.d1, s.d2, dtype=torch.float32) for s in layers})
-
-
-def choose_scanner(
-    requested: str, device: torch.device, reader: IndexReader, resident: torch.Tensor | None
-) -> tuple[FusedScanner | None, str, str]:
-    """(scanner or None for the torch path, the kernel's name, why).
-
-    ``auto`` takes the fastest available; naming an unavailable kernel is a ConfigError.
-    """
-    if requested not in SCAN_KERNELS:
-        raise ConfigError(f"scan kernel must be one of {SCAN_KERNELS}, got {requested!r}")
-    if requested == "torch":
-        return None, "torch", "requested"
-    status = None
-    if device.type == "cpu" and reader.codec.quantized:
-        status = load_kernel()
-    if status is None or status.kernel is None:
-        why = status.reason if status is not None else "compiled kernels read int8 rows on a CPU"
-        if requested != "auto":
-            raise ConfigError(f"scan kernel {requested!r} is unavailable: {why}")
-        return None, "torch", why
-    bounded = requested in ("auto", "bounded") and status.kernel.has_bounded
-    if requested == "bounded" and not bounded:
-        raise ConfigError("scan kernel 'bounded' needs AVX-512 VNNI here; use 'fused'")
-    scanner = FusedScanner(status.kernel, reader, resident, bounded)
-    every = every_layer(reader)
-    scanner.warm(every)  # the norms and tiles now, rather than in the first query
-    if requested == "auto" and bounded:
-        return scanner, *by_size(scanner, every, reader.n_examples, status.reason)
-    return scanner, "bounded" if bounded else "fused", status.reason
