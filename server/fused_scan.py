@@ -29,6 +29,7 @@ from lorif_serve.server.torch_threads import serial_torch
 # Past this share of a block's rows kept as candidates the bound does not pay (rescoring them
 # costs more than the pass saved): the rest of that scan is scored exactly.
 _MAX_KEPT = 0.2
+_WARM_ROWS = 1 << 16  # streamed rows whose norms are computed at a time at start-up
 
 # (raw int8 rows, first row, seconds the scan waited for them, release the buffer or None)
 RawBlock = tuple[torch.Tensor, int, float, "Callable[[], None] | None"]
@@ -110,12 +111,21 @@ class FusedScanner:
         return self.bounded and not small
 
     def warm(self, every_layer: ScanQuery) -> None:
-        """Start-up: the resident rows' norms (all layers), then the rows put in tiles."""
-        if self.bounded and self.resident is not None:
-            prepared = self.prepare(every_layer)
-            self.norms.set_resident(self.kernel.row_norms(prepared, self.resident))
-            if os.environ.get("LORIF_ROW_TILES", "1") != "0":  # "0": row order (diagnostics)
-                self.tiles = TiledRows(self.kernel, prepared.meta, self.resident)
+        """Start-up: the resident rows' norms (all layers), then the rows put in tiles; for
+        streamed rows every layer's norms, read from the map a block at a time, so that the
+        first query does not pay them."""
+        if not self.bounded:
+            return
+        prepared = self.prepare(every_layer)
+        if self.resident is None:
+            layers, n = tuple(every_layer.hq), self.reader.n_examples
+            for start in range(0, n, _WARM_ROWS):
+                rows = self.reader.rows(start, min(start + _WARM_ROWS, n))
+                self.norms.block(prepared, layers, rows, start, resident=False)
+            return
+        self.norms.set_resident(self.kernel.row_norms(prepared, self.resident))
+        if os.environ.get("LORIF_ROW_TILES", "1") != "0":  # "0": row order (diagnostics)
+            self.tiles = TiledRows(self.kernel, prepared.meta, self.resident)
 
     def scan(
         self,

@@ -2,9 +2,10 @@
 
 They do not depend on the query, only on which layers it scores. Resident rows: one table of
 every layer's, computed at start-up before the rows are tiled; a query naming fewer layers
-gets those columns (a layer's norm does not depend on the others). Streamed rows: each
-block's are kept as the first scans compute them (layers × 4 bytes per row), so later scans
-read them instead.
+gets those columns (a layer's norm does not depend on the others). Streamed rows: every
+layer's are computed at start-up from the memory map (``FusedScanner.warm``) and kept
+(layers × 4 bytes per row); a query naming fewer layers has its own kept as its first scan
+computes them, block by block.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Streamed scans read int8 rows in place from the memory map, a block at a time."""
 
+import pytest
 import torch
 
 from lorif_serve.indexer.core.query import ScanQuery
@@ -36,3 +37,23 @@ def test_a_disk_scan_answers_as_the_resident_one(int8_index_path):
             assert torch.equal(got.top_rows, want.top_rows)
             assert torch.equal(got.top_scores, want.top_scores)
             assert torch.equal(got.bottom_rows, want.bottom_rows)
+
+
+def test_a_streamed_index_has_its_row_norms_from_start_up(int8_index_path):
+    with IndexReader(int8_index_path) as reader:
+        engine = ScanEngine(reader, torch.device("cpu"), "disk", kernel="auto", block_rows=5)
+        if engine._fused is None or not engine._fused.bounded:
+            pytest.skip("no bounded kernel here: no norms to keep")
+        layers = tuple(s.name for s in reader.layout.layers)
+        cache, filled = engine._fused.norms._streamed[layers]
+        assert filled == reader.n_examples
+        prepared = engine._fused.prepare(
+            ScanQuery(
+                {
+                    s.name: torch.zeros(1, s.d1, s.d2, dtype=torch.float32)
+                    for s in reader.layout.layers
+                }
+            )
+        )
+        want = engine._fused.kernel.row_norms(prepared, reader.rows(0, reader.n_examples))
+        assert torch.equal(cache, want)
