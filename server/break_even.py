@@ -99,9 +99,9 @@ def measure_break_even(scanner: Scanner, query: ScanQuery) -> float:
 
         def bounded_pass() -> None:
             tiles.bounded(bounded, 0, rows, norms, out, margin, levels=2)
-    else:  # streamed blocks: their norms are kept after the first scan, so not timed
+    else:  # streamed rows: their norms are computed at start-up (``warm``), so not timed
         stored = scanner.reader.rows(0, rows)
-        norms = scanner.kernel.row_norms(bounded, stored)
+        norms = scanner.norms.block(bounded, tuple(query.hq), stored, 0, resident=False)
 
         def bounded_pass() -> None:
             stream_bounded(scanner.kernel, bounded, stored, norms, out, margin, levels=2)

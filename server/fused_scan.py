@@ -230,9 +230,11 @@ class FusedScanner:
                     undecided = _undecided(low, high, lower.kth_with(low, numbers), cut, ok)
                     self.tiles.refine(prepared, start, start + n, norms, approx, margin, undecided)
             elif self.resident is None:  # streamed blocks: tiled a step at a time
+                done = 0
                 if levels == 0:
-                    levels = stream_levels(self.kernel, prepared, raw, norms)
-                stream_bounded(self.kernel, prepared, raw, norms, approx, margin, levels)
+                    levels, done = stream_levels(self.kernel, prepared, raw, norms, approx, margin)
+                rest = (raw[done:], norms[done:], approx[:, done:], margin[:, done:])
+                stream_bounded(self.kernel, prepared, *rest, levels)
             else:  # resident rows in stored order (LORIF_ROW_TILES=0)
                 self.kernel.bounded(prepared, raw, norms, approx, margin)
             low = approx[:, :n] - margin[:, :n]

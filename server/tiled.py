@@ -169,16 +169,22 @@ def levels_of(approx: torch.Tensor, margin: torch.Tensor) -> int:
 
 
 def stream_levels(
-    kernel: FusedInt8Scan, query: PreparedQuery, rows: torch.Tensor, norms: torch.Tensor
-) -> int:
-    """The level rule for rows in stored order (a streamed block's first whole tiles)."""
+    kernel: FusedInt8Scan,
+    query: PreparedQuery,
+    rows: torch.Tensor,
+    norms: torch.Tensor,
+    approx: torch.Tensor,
+    margin: torch.Tensor,
+) -> tuple[int, int]:
+    """The level rule for rows in stored order (a streamed block's first whole tiles),
+    probed into ``approx`` and ``margin``: (levels, rows already scored at that level — the
+    probe's where it chose one, else none)."""
     probe = min(rows.shape[0], _PROBE_ROWS) // 16 * 16
     if probe == 0:
-        return 1
-    approx = torch.empty(query.batch, probe, dtype=torch.float32)
-    margin = torch.empty_like(approx)
+        return 1, 0
     kernel.bounded(query, rows[:probe], norms[:probe], approx, margin, stream=True)
-    return levels_of(approx, margin)
+    levels = levels_of(approx[:, :probe], margin[:, :probe])
+    return levels, probe if levels == 1 else 0
 
 
 def stream_bounded(

@@ -44,7 +44,7 @@ class FusedInt8Scan:
             self._tiles.argtypes = [*self._bounded.argtypes, _P, _P, _I32, _P, _P, _P, _I64, _P]
             self._tiles.restype = None
             self._tile_rows = library.lorif_tile_rows
-            self._tile_rows.argtypes = [_P, _I64, _I64, _P, _I32, _P, _P]
+            self._tile_rows.argtypes = [_P, _I64, _I64, _P, _I32, _P]
             self._tile_rows.restype = _I32
             self._untile = library.lorif_untile_rows
             self._untile.argtypes = [_P, _I64, _I64, _P, _I32, _P, _I64, _P, _P]
@@ -114,7 +114,6 @@ class FusedInt8Scan:
         def run(first: int) -> None:
             count = min(per_thread, tiles - first)
             tmp = torch.empty(TILE_ROWS * width, dtype=torch.int8)
-            scratch = torch.empty(width, dtype=torch.uint8)
             done = self._tile_rows(
                 rows.data_ptr() + first * TILE_ROWS * width,
                 count,
@@ -122,7 +121,6 @@ class FusedInt8Scan:
                 meta.data_ptr(),
                 meta.shape[0],
                 tmp.data_ptr(),
-                scratch.data_ptr(),
             )
             if not done:
                 raise MemoryError("no memory for the tile transform's plan")
@@ -195,7 +193,7 @@ class FusedInt8Scan:
         )
 
         def run(start: int, stop: int, work: torch.Tensor) -> None:
-            scratch = torch.empty(step_bytes if stream else 0, dtype=torch.int8)
+            scratch = torch.empty(step_bytes, dtype=torch.int8) if stream else None
             fn(
                 rows.data_ptr() + start * rows.stride(0),
                 stop - start,
@@ -220,7 +218,7 @@ class FusedInt8Scan:
                 work.data_ptr(),
                 work.shape[0],
                 *extra,
-                *((scratch.data_ptr() if stream else None,) if tiled else ()),
+                *((None if scratch is None else scratch.data_ptr(),) if tiled else ()),
             )
 
         self._across_threads(query, rows.shape[0], run)

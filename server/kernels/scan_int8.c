@@ -523,13 +523,12 @@ static void tile_from(int8_t *dst, const int8_t *src, const struct tile_plan *pl
     }
 }
 
-/* Rearrange n_tiles * 16 rows into tiles, in place (tmp: 16 * row_bytes bytes; width:
- * row_bytes bytes of scratch, unused). meta: every layer of the row, as for lorif_scan_int8.
- * Returns 0 where the plan's memory could not be had (nothing is changed then). */
+/* Rearrange n_tiles * 16 rows into tiles, in place (tmp: 16 * row_bytes bytes). meta:
+ * every layer of the row, as for lorif_scan_int8. Returns 0 where the plan's memory could
+ * not be had (nothing is changed then). */
 int32_t lorif_tile_rows(int8_t *rows, int64_t n_tiles, int64_t row_bytes, const int64_t *meta,
-                        int32_t n_layers, int8_t *tmp, uint8_t *width)
+                        int32_t n_layers, int8_t *tmp)
 {
-    (void)width;
     struct tile_plan plan;
     if (!plan_tiles(meta, n_layers, row_bytes, &plan)) return 0;
     for (int64_t t = 0; t < n_tiles; t++) {
