@@ -210,7 +210,9 @@ def test_tiled_interval_holds_where_products_are_summed_in_float(levels):
     reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
     assert torch.all((reference - approx.double()).abs() <= margin.double())
     assert (margin / reference.std(dim=1, keepdim=True)).median() < 1
-    if levels == 1:  # the same integer products as the row pass, summed in another order
+    if levels == 1 and kernel.vector_bits == 512:
+        # the same integer products as the AVX-512 row pass, summed in another order
+        # (the AVX2 row pass scores exactly: its intervals are checked elsewhere)
         rowwise = torch.empty_like(approx)
         kernel.bounded(prepared, raw, norms, rowwise, torch.empty_like(margin))
         # (rounding apart: a thousandth of the quantization bound, row by row)

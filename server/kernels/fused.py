@@ -35,6 +35,9 @@ class FusedInt8Scan:
         self._fn.argtypes = [_P, _I64, _I64, _P, _I32, _P, _I32, _I64, _P, _I64, _P]
         self._fn.restype = None
         self.has_bounded = bool(library.lorif_has_bounded())
+        # 512: the AVX-512 bounded pass; 256: the AVX2 one (its row pass scores exactly);
+        # 0: none
+        self.vector_bits = int(library.lorif_vector_bits())
         if self.has_bounded:
             self._bounded = library.lorif_bounded_int8
             self._bounded.argtypes = [_P, _I64, _I64, _P, _P, _I32, _P, _I64, _P, _I64]
