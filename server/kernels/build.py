@@ -23,7 +23,8 @@ from pathlib import Path
 from lorif_serve.server.kernels.fused import FusedInt8Scan
 
 _SOURCE = "scan_int8.c"
-_HEADERS = ("scan_amx.h", "scan_tiles.h", "scan_avx2.h")  # included by the source: written next to it, part of the key
+# included by the source: written next to it, part of the key
+_HEADERS = ("scan_amx.h", "scan_tiles.h", "scan_avx2.h")
 _VERSION = 14  # lorif_kernel_version() of a matching build
 
 
