@@ -29,7 +29,7 @@ from .scan_kernels import held_out_queries
 def run(index: Path, model: Path, held_out: Path, count: int, k: int) -> dict[str, Any]:
     kernel = load_kernel().kernel
     if kernel is None or not kernel.has_bounded:
-        raise SystemExit("needs the compiled bounded kernel (AVX-512 VNNI)")
+        raise SystemExit("needs the compiled bounded kernel (AVX-512 VNNI or AVX2)")
     hq = held_out_queries(index, model, held_out, count)
     with IndexReader(index) as reader:
         rows = reader.rows(0, reader.n_examples).clone()

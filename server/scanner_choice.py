@@ -36,7 +36,7 @@ def choose_scanner(
         return None, "torch", why
     bounded = requested in ("auto", "bounded") and status.kernel.has_bounded
     if requested == "bounded" and not bounded:
-        raise ConfigError("scan kernel 'bounded' needs AVX-512 VNNI here; use 'fused'")
+        raise ConfigError("scan kernel 'bounded' needs AVX-512 VNNI or AVX2 here; use 'fused'")
     scanner = FusedScanner(status.kernel, reader, resident, bounded)
     every = every_layer(reader)
     scanner.warm(every)  # the norms and tiles now, rather than in the first query

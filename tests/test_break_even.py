@@ -15,7 +15,8 @@ from tests.test_scan_kernels import _scanner, int8_rows, queries
 
 STATUS = load_kernel()
 needs_bounded = pytest.mark.skipif(
-    STATUS.kernel is None or not STATUS.kernel.has_bounded, reason="no AVX-512 VNNI build"
+    STATUS.kernel is None or not STATUS.kernel.has_bounded,
+    reason="no bounded pass in this build (AVX-512 VNNI or AVX2)",
 )
 
 

@@ -3,13 +3,15 @@
 A CPU without AMX (or without AVX-512) takes other ``#if`` branches than the machine that
 last edited the source; a name declared in one branch only would fail there, and the engine
 would quietly keep the slower torch path. So the source is compiled for each target here,
-and where this CPU has AVX-512 VNNI the kernel must load with its bounded pass.
+and where this CPU has AVX-512 VNNI or AVX2 the kernel must load with its bounded pass. On a
+CPU with AVX-512, the AVX2 build is also made and the kernel tests run against it.
 """
 
 import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,17 +45,47 @@ def test_the_source_compiles_for_each_target(target, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def _has_vnni() -> bool:
+def _cpu_has(*features: str) -> bool:
     try:
-        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return False
+    return all(f in flags for f in features)
+
+
+AVX2 = ("avx2", "fma")
+kernel_enabled = pytest.mark.skipif(
+    os.environ.get("LORIF_FUSED_KERNEL") == "0", reason="kernel disabled"
+)
 
 
 @needs_x86_compiler
-@pytest.mark.skipif(not _has_vnni(), reason="this CPU has no AVX-512 VNNI")
-@pytest.mark.skipif(os.environ.get("LORIF_FUSED_KERNEL") == "0", reason="kernel disabled")
+@kernel_enabled
+@pytest.mark.skipif(
+    not (_cpu_has("avx512_vnni") or _cpu_has(*AVX2)),
+    reason="this CPU has neither AVX-512 VNNI nor AVX2",
+)
 def test_the_kernel_loads_with_its_bounded_pass_on_this_cpu():
     status = build.load_kernel()
     assert status.kernel is not None, status.reason
     assert status.kernel.has_bounded
+    assert status.kernel.vector_bits == (512 if _cpu_has("avx512_vnni") else 256)
+
+
+@needs_x86_compiler
+@kernel_enabled
+@pytest.mark.skipif(not _cpu_has("avx512f", *AVX2), reason="the AVX2 pass is the native one here")
+def test_the_avx2_build_passes_the_kernel_tests(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORIF_KERNEL_MARCH", "x86-64-v3")
+    monkeypatch.setenv("LORIF_KERNEL_CACHE", str(tmp_path))
+    status = build.load_kernel()
+    assert status.kernel is not None, status.reason
+    assert status.kernel.has_bounded and status.kernel.vector_bits == 256
+    tests = Path(__file__).with_name("test_scan_kernels.py")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]

@@ -26,7 +26,8 @@ from lorif_serve.server.tiled import TiledRows
 STATUS = load_kernel()
 needs_kernel = pytest.mark.skipif(STATUS.kernel is None, reason=STATUS.reason)
 needs_bounded = pytest.mark.skipif(
-    STATUS.kernel is None or not STATUS.kernel.has_bounded, reason="no AVX-512 VNNI build"
+    STATUS.kernel is None or not STATUS.kernel.has_bounded,
+    reason="no bounded pass in this build (AVX-512 VNNI or AVX2)",
 )
 
 # Every code path: 16-wide and 8-wide vectors on either side, a scalar remainder (5, 7),
@@ -160,7 +161,7 @@ def test_the_tile_transform_lays_bytes_as_documented():
     """Byte o of row r at 16·o + r, except 4-byte elements (element e at 16·e + 4·r, b
     codes with their sign bits flipped), against a plain Python walk of the layout."""
     if STATUS.kernel is None or not STATUS.kernel.has_bounded:
-        pytest.skip("no AVX-512 VNNI build")
+        pytest.skip("no bounded pass in this build (AVX-512 VNNI or AVX2)")
     layout, codec, raw = int8_rows(48, 3)
     kernel = STATUS.kernel
     meta = kernel.prepare(layout, codec, queries(1, 8)).meta

@@ -1,7 +1,8 @@
 """Building and loading the compiled scan kernels.
 
-``scan_int8.c`` (with the ``scan_amx.h`` it includes) is built with the machine's C
-compiler (``$CC``, else ``cc``) at ``-O3 -march=native`` into a cache folder keyed by the
+``scan_int8.c`` (with the headers it includes) is built with the machine's C
+compiler (``$CC``, else ``cc``) at ``-O3 -march=native`` (``$LORIF_KERNEL_MARCH`` instead of
+``native`` where set) into a cache folder keyed by the
 sources, the flags and the CPU's feature flags, then loaded with ctypes. Where no compiler
 is found or the build fails, ``load_kernel`` returns no kernel with the reason, and the
 engine keeps the torch path.
@@ -47,7 +48,10 @@ def _cpu_flags() -> str:
 
 
 def _flags() -> list[str]:
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11"]
+    # LORIF_KERNEL_MARCH: another target than this CPU's own (x86-64-v3: the AVX2 pass on a
+    # CPU that has AVX-512, as the tests build it); it must be one this CPU can run
+    march = os.environ.get("LORIF_KERNEL_MARCH") or "native"
+    flags = ["-O3", f"-march={march}", "-fPIC", "-shared", "-std=c11"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags.append("-mprefer-vector-width=512")  # full-width registers where AVX-512 exists
     return flags

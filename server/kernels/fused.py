@@ -340,7 +340,7 @@ def _check_bounded(
     """The query's int8 form, once the rows, their norms and both outputs fit it."""
     bounded = query.bounded
     if bounded is None:
-        raise ValueError("this build has no bounded pass (needs AVX-512 VNNI)")
+        raise ValueError("this build has no bounded pass (needs AVX-512 VNNI or AVX2)")
     if norms.shape != (rows.shape[0], query.meta.shape[0]) or not norms.is_contiguous():
         raise ValueError("norms must be the (n, layers) row_norms of these rows")
     _check_rows(rows)
