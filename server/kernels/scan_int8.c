@@ -86,11 +86,13 @@ static void to_float(const int8_t *restrict src, float *restrict dst, int64_t n)
     for (int64_t i = 0; i < n; i++) dst[i] = (float)src[i];
 }
 
-/* The float32 layer product at the widest vector width da divides into. */
+/* The float32 layer product at the widest vector width of the machine that da divides into. */
 static float layer_float(const float *restrict af, const float *restrict bf, int64_t c,
                          int64_t da, int64_t db, const float *restrict H)
 {
+#ifdef __AVX512F__ /* without AVX-512 the compiler splits 16 lanes in two, through memory */
     if (da % 16 == 0) return layer_w16(af, bf, c, da, db, H);
+#endif
     if (da % 8 == 0) return layer_w8(af, bf, c, da, db, H);
     return layer_scalar(af, bf, c, da, db, H);
 }
