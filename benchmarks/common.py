@@ -17,15 +17,26 @@ from lorif_serve.server.break_even import median_seconds as timed_median
 RESULTS = Path(__file__).parent / "results"
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+_ISA = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx2", "AVX2"))
+
+
+def _cpuinfo(key: tuple[str, ...]) -> str:
+    """The value of the first /proc/cpuinfo line starting with one of ``key`` ("" if none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return ""
+
+
+def machine() -> dict[str, Any]:
+    cpu = _cpuinfo(("model name",)) or platform.processor() or platform.machine()
+    # the vector extensions the scan kernels choose between (their speeds differ by several x)
+    flags = set(_cpuinfo(("flags", "Features")).split())
+    if isa := [name for flag, name in _ISA if flag in flags]:
+        cpu = f"{cpu} ({', '.join(isa)})"
     memory = 0
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
