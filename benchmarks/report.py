@@ -46,6 +46,12 @@ SECTIONS = [
         "`python -m benchmarks.serving --out=-epyc`",
     ),
     (
+        "serving-zen3",
+        "Query latency, floors and batching on a CPU without AVX-512",
+        "The same benchmark on an AMD EPYC with AVX2 only (Zen 3): the AVX2 bounded pass. "
+        "`python -m benchmarks.serving --out=-zen3`",
+    ),
+    (
         "scan_kernels",
         "CPU scan kernels side by side",
         "One process, residency ram, exact top-10 + bottom-10 of real preconditioned queries "
@@ -71,6 +77,21 @@ SECTIONS = [
         "The same 100 k random rows on an AMD EPYC (the bounded pass on vector registers). "
         "`python -m benchmarks.scan_kernels --smollm2-rows 100000 --batches 1 "
         "--kernels fused,bounded --out=-epyc`",
+    ),
+    (
+        "scan_kernels-zen3",
+        "CPU scan kernels side by side on a CPU without AVX-512",
+        "The demo index and 1 M synthetic rows on an AMD EPYC with AVX2 only (Zen 3), B = 1: "
+        "torch, fused and the AVX2 bounded pass. `python -m benchmarks.scan_kernels "
+        "--synthetic .cache/syn-1m.h5 --batches 1 --kernels torch,fused,bounded --no-http "
+        "--out=-zen3`",
+    ),
+    (
+        "scan_kernels-smollm2-zen3",
+        "CPU scan kernels at SmolLM2-135M dims on a CPU without AVX-512",
+        "The same 100 k random rows on an AMD EPYC with AVX2 only (Zen 3). "
+        "`python -m benchmarks.scan_kernels --smollm2-rows 100000 --batches 1 "
+        "--kernels fused,bounded --out=-zen3`",
     ),
     (
         "scan_kernels-smollm2-b16",

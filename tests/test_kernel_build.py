@@ -24,8 +24,9 @@ needs_x86_compiler = pytest.mark.skipif(
     not X86 or shutil.which(COMPILER) is None, reason="needs an x86 C compiler"
 )
 
-# generic, AVX2 only, AVX-512 VNNI without AMX, AVX-512 VNNI with AMX
-TARGETS = ["x86-64", "x86-64-v3", "icelake-server", "sapphirerapids"]
+# generic, AVX2 only, AVX-512 without VNNI (the AVX2 pass), AVX-512 VNNI without AMX,
+# AVX-512 VNNI with AMX
+TARGETS = ["x86-64", "x86-64-v3", "skylake-avx512", "icelake-server", "sapphirerapids"]
 
 
 @needs_x86_compiler

@@ -159,17 +159,10 @@ void lorif_scan_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
 
 #include "scan_tiles.h"
 
-/* the vector width of the bounded pass (its row pass's products differ between the two) */
-int32_t lorif_vector_bits(void)
-{
-#ifdef __AVX512F__
-    return 512;
-#else
-    return 256;
-#endif
-}
-
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+/* the vector width of the bounded pass: 512 (VNNI) or 256 (AVX2, whose row pass scores
+ * exactly, so its products differ from the tiled pass's) */
+int32_t lorif_vector_bits(void) { return 512; }
 
 int32_t lorif_has_bounded(void) { return 1; }
 
@@ -717,8 +710,9 @@ void lorif_refine_tiles(const int8_t *rows, int64_t row_bytes, const int64_t *ti
     }
     if (fine_rm != NULL) amx_end();
 }
-#else /* AVX2 */
+#else /* AVX2 (with or without AVX-512F: Skylake-SP has no VNNI) */
 enum { SLOTS = 8 * 8 + 1 }; /* per-query accumulators (16 floats each) the caller makes room for */
+int32_t lorif_vector_bits(void) { return 256; }
 #include "scan_avx2.h"
 #endif
 #else
