@@ -221,6 +221,34 @@ def test_tiled_interval_holds_where_products_are_summed_in_float(levels):
 
 
 @needs_bounded
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("levels", [1, 2])
+def test_the_largest_codes_do_not_overflow_the_integer_products(sign, levels):
+    """Every code at ±127 on both sides, so every product is 127 · 127 (on AVX2 a pair of
+    them, 32,258, sits just below int16's limit; b + 128 against 127 would pass it)."""
+    specs = [LayerSpec("flat", 64, 64, 16, 16, 8), LayerSpec("long", 64, 256, 16, 64, 1)]
+    layout = RowLayout(specs)
+    codec = RowCodec(layout, torch.int8)
+    n = 64
+    values = torch.ones(n, layout.width, dtype=torch.float64)
+    values[1::2] *= -1.0
+    raw = codec.encode(values)
+    hq = {s.name: torch.full((1, s.d1, s.d2), sign) for s in specs}
+    kernel = STATUS.kernel
+    prepared = kernel.prepare(layout, codec, hq)
+    assert torch.all(prepared.bounded.packed.abs() == 127)
+    approx = torch.empty(1, n, dtype=torch.float32)
+    margin = torch.empty_like(approx)
+    norms = kernel.row_norms(prepared, raw)
+    TiledRows(kernel, prepared.meta, raw.clone()).bounded(
+        prepared, 0, n, norms, approx, margin, levels
+    )
+    reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
+    assert torch.all((reference - approx.double()).abs() <= margin.double())
+    assert torch.all((reference - approx.double()).abs() <= 1e-3 * reference.abs())
+
+
+@needs_bounded
 @pytest.mark.parametrize("needed,k", [(1, 1), (4, 15)])
 @pytest.mark.parametrize("seed", range(3))
 def test_refined_tiles_take_the_two_level_bound_and_others_keep_theirs(
