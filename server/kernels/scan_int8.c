@@ -48,7 +48,28 @@ typedef float v8 __attribute__((vector_size(32)));
         }                                                                                  \
         for (; k < c; k++) {                                                               \
             const float *bk = bf + k * db;                                                 \
-            for (int64_t v = 0; v < da; v += W) {                                          \
+            int64_t v = 0;                                                                 \
+            for (; v + KB * W <= da; v += KB * W) { /* four chains, as above */            \
+                VT y0 = {0}, y1 = {0}, y2 = {0}, y3 = {0};                                 \
+                for (int64_t j = 0; j < db; j++) {                                         \
+                    VT h0, h1, h2, h3;                                                     \
+                    memcpy(&h0, H + j * da + v, sizeof h0);                                \
+                    memcpy(&h1, H + j * da + v + W, sizeof h1);                            \
+                    memcpy(&h2, H + j * da + v + 2 * W, sizeof h2);                        \
+                    memcpy(&h3, H + j * da + v + 3 * W, sizeof h3);                        \
+                    y0 += h0 * bk[j];                                                      \
+                    y1 += h1 * bk[j];                                                      \
+                    y2 += h2 * bk[j];                                                      \
+                    y3 += h3 * bk[j];                                                      \
+                }                                                                          \
+                VT a0, a1, a2, a3;                                                         \
+                memcpy(&a0, af + k * da + v, sizeof a0);                                   \
+                memcpy(&a1, af + k * da + v + W, sizeof a1);                               \
+                memcpy(&a2, af + k * da + v + 2 * W, sizeof a2);                           \
+                memcpy(&a3, af + k * da + v + 3 * W, sizeof a3);                           \
+                total += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3;                            \
+            }                                                                              \
+            for (; v < da; v += W) {                                                       \
                 VT y = {0};                                                                \
                 for (int64_t j = 0; j < db; j++) {                                         \
                     VT h;                                                                  \
