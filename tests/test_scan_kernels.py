@@ -190,6 +190,17 @@ def test_the_tile_transform_lays_bytes_as_documented():
     assert torch.equal(tiled, want)
 
 
+def _tiled_intervals(prepared, layout, codec, raw, hq, levels):
+    """(approx, margin) of the tiled bounded pass over ``raw`` and the float64 reference."""
+    approx = torch.empty(prepared.batch, raw.shape[0], dtype=torch.float32)
+    margin = torch.empty_like(approx)
+    norms = STATUS.kernel.row_norms(prepared, raw)
+    TiledRows(STATUS.kernel, prepared.meta, raw.clone()).bounded(
+        prepared, 0, raw.shape[0], norms, approx, margin, levels
+    )
+    return approx, margin, score_reference(layout, codec.decode(raw, torch.float64), hq)
+
+
 @needs_bounded
 @pytest.mark.parametrize("levels", [1, 2])
 def test_tiled_interval_holds_where_products_are_summed_in_float(levels):
@@ -202,19 +213,14 @@ def test_tiled_interval_holds_where_products_are_summed_in_float(levels):
     hq = queries(2, 4, specs=specs)
     prepared = kernel.prepare(layout, codec, hq)
     assert all(int(m[4]) > 256 for m in prepared.meta)
-    approx = torch.empty(2, n, dtype=torch.float32)
-    margin = torch.empty_like(approx)
-    norms = kernel.row_norms(prepared, raw)
-    TiledRows(kernel, prepared.meta, raw.clone()).bounded(
-        prepared, 0, n, norms, approx, margin, levels
-    )
-    reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
+    approx, margin, reference = _tiled_intervals(prepared, layout, codec, raw, hq, levels)
     assert torch.all((reference - approx.double()).abs() <= margin.double())
     assert (margin / reference.std(dim=1, keepdim=True)).median() < 1
     if levels == 1 and kernel.vector_bits == 512:
         # the same integer products as the AVX-512 row pass, summed in another order
         # (the AVX2 row pass scores exactly: its intervals are checked elsewhere)
         rowwise = torch.empty_like(approx)
+        norms = kernel.row_norms(prepared, raw)
         kernel.bounded(prepared, raw, norms, rowwise, torch.empty_like(margin))
         # (rounding apart: a thousandth of the quantization bound, row by row)
         assert torch.all((approx - rowwise).abs() <= 1e-3 * margin)
@@ -237,13 +243,7 @@ def test_the_largest_codes_do_not_overflow_the_integer_products(sign, levels):
     kernel = STATUS.kernel
     prepared = kernel.prepare(layout, codec, hq)
     assert torch.all(prepared.bounded.packed.abs() == 127)
-    approx = torch.empty(1, n, dtype=torch.float32)
-    margin = torch.empty_like(approx)
-    norms = kernel.row_norms(prepared, raw)
-    TiledRows(kernel, prepared.meta, raw.clone()).bounded(
-        prepared, 0, n, norms, approx, margin, levels
-    )
-    reference = score_reference(layout, codec.decode(raw, torch.float64), hq)
+    approx, margin, reference = _tiled_intervals(prepared, layout, codec, raw, hq, levels)
     assert torch.all((reference - approx.double()).abs() <= margin.double())
     assert torch.all((reference - approx.double()).abs() <= 1e-3 * reference.abs())
 

@@ -136,13 +136,7 @@ static void avx2_finish_tile(const __m256 acc[2], int64_t row0, const float *eps
     float lanes[RT];
     _mm256_storeu_ps(lanes, acc[0]);
     _mm256_storeu_ps(lanes + 8, acc[1]);
-    for (int64_t r = 0; r < RT; r++) {
-        const int64_t row = row0 + r;
-        float bound = 0.0f;
-        approx[row] += lanes[r];
-        for (int32_t l = 0; l < n_layers; l++) bound += eps[l] * norms[row * n_layers + l];
-        margin[row] = bound;
-    }
+    finish_lanes(lanes, row0, eps, norms, n_layers, approx, margin);
 }
 
 /* Rows in stored order (a tail shorter than a tile, or diagnostics): each row scored
@@ -162,12 +156,9 @@ void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
     lorif_scan_int8(rows, n_rows, row_bytes, meta, n_layers, hq, batch, hq_stride, approx,
                     out_stride, work);
     for (int32_t bq = 0; bq < batch; bq++)
-        for (int64_t r = 0; r < n_rows; r++) {
-            float bound = 0.0f;
-            for (int32_t l = 0; l < n_layers; l++)
-                bound += eps[bq * n_layers + l] * norms[r * n_layers + l];
-            margin[bq * out_stride + r] = bound;
-        }
+        for (int64_t r = 0; r < n_rows; r++)
+            margin[bq * out_stride + r] =
+                row_margin(eps + bq * n_layers, norms + r * n_layers, n_layers);
 }
 
 /* The bounded pass over whole tiles, one at a time (the AVX-512 build's arguments; the

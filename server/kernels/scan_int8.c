@@ -345,11 +345,9 @@ void lorif_bounded_int8(const int8_t *rows, int64_t n_rows, int64_t row_bytes,
                 const __m512 *slots = acc + (int64_t)bq * SLOTS + r * GROUP;
                 __m512 sum = slots[0];
                 for (int q = 1; q < GROUP; q++) sum = _mm512_add_ps(sum, slots[q]);
-                float *out = approx + bq * out_stride + t0 + r, bound = 0.0f;
-                *out += _mm512_reduce_add_ps(sum);
-                for (int32_t l = 0; l < n_layers; l++)
-                    bound += eps[bq * n_layers + l] * norms[(t0 + r) * n_layers + l];
-                margin[bq * out_stride + t0 + r] = bound;
+                approx[bq * out_stride + t0 + r] += _mm512_reduce_add_ps(sum);
+                margin[bq * out_stride + t0 + r] =
+                    row_margin(eps + bq * n_layers, norms + (t0 + r) * n_layers, n_layers);
             }
     }
 }
@@ -588,13 +586,7 @@ static void finish_tile(__m512 acc, int64_t row0, const float *eps, const float 
 {
     float lanes[RT];
     _mm512_storeu_ps(lanes, acc);
-    for (int64_t r = 0; r < RT; r++) {
-        const int64_t row = row0 + r;
-        float bound = 0.0f;
-        approx[row] += lanes[r];
-        for (int32_t l = 0; l < n_layers; l++) bound += eps[l] * norms[row * n_layers + l];
-        margin[row] = bound;
-    }
+    finish_lanes(lanes, row0, eps, norms, n_layers, approx, margin);
 }
 
 /* The bounded pass over whole tiles, four at a time (n_rows a multiple of 16; rows: the

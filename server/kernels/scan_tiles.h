@@ -314,6 +314,25 @@ void lorif_row_norms(const int8_t *rows, int64_t n_rows, int64_t row_bytes, cons
 }
 
 
+/* A row's margin, Σ_l eps_l · norms[l] (its norms: one per layer) */
+static inline float row_margin(const float *eps, const float *norms, int32_t n_layers)
+{
+    float bound = 0.0f;
+    for (int32_t l = 0; l < n_layers; l++) bound += eps[l] * norms[l];
+    return bound;
+}
+
+/* A tile's 16 scores (lanes) added into approx from row0 on, and each row's margin set
+ * (one query's approx, margin and eps). */
+static void finish_lanes(const float lanes[RT], int64_t row0, const float *eps,
+                         const float *norms, int32_t n_layers, float *approx, float *margin)
+{
+    for (int64_t r = 0; r < RT; r++) {
+        approx[row0 + r] += lanes[r];
+        margin[row0 + r] = row_margin(eps, norms + (row0 + r) * n_layers, n_layers);
+    }
+}
+
 /* Ask for bytes [p, p + n) of the next tile while this one is scored: one core's own
  * demand misses cannot keep enough reads in flight to stream at the memory's rate. */
 static inline void prefetch_bytes(const int8_t *p, int64_t n)
