@@ -1,6 +1,6 @@
-/* The bounded pass on AVX2 (x86-64 without AVX-512: AMD Zen 2 and 3, Intel client cores
- * and servers before Skylake-SP), over the same row tiles and query codes as the AVX-512
- * pass, with the same intervals up to float32 rounding (covered by the bound).
+/* The bounded pass on AVX2 (x86-64 without AVX-512 VNNI: AMD Zen 2 and 3, Intel client
+ * cores, Intel servers up to Skylake-SP), over the same row tiles and query codes as the
+ * AVX-512 pass, with the same intervals up to float32 rounding (covered by the bound).
  *
  * Included by scan_int8.c after scan_tiles.h. AVX2 has no byte dot product into int32, so
  * four codes of b (unsigned, as tiles store them: b + 128) cannot be multiplied by the
