@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from lorif_serve.server.break_even import median_seconds as timed_median
+from lorif_serve.server.kernels.build import cpu_flags
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -20,11 +21,11 @@ RESULTS = Path(__file__).parent / "results"
 _ISA = (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx2", "AVX2"))
 
 
-def _cpuinfo(key: tuple[str, ...]) -> str:
-    """The value of the first /proc/cpuinfo line starting with one of ``key`` ("" if none)."""
+def _model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(key):
+            if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
@@ -32,9 +33,9 @@ def _cpuinfo(key: tuple[str, ...]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = _cpuinfo(("model name",)) or platform.processor() or platform.machine()
+    cpu = _model_name() or platform.processor() or platform.machine()
     # the vector extensions the scan kernels choose between (their speeds differ by several x)
-    flags = set(_cpuinfo(("flags", "Features")).split())
+    flags = set(cpu_flags().split())
     if isa := [name for flag, name in _ISA if flag in flags]:
         cpu = f"{cpu} ({', '.join(isa)})"
     memory = 0

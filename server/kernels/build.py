@@ -37,7 +37,8 @@ def cache_folder() -> Path:
     return Path(base) / "lorif-serve" / "kernels"
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
+    """The CPU's feature-flags line from /proc/cpuinfo (else the processor's name)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -94,7 +95,7 @@ def load_kernel() -> KernelStatus:
     sources = _sources()
     key = hashlib.sha256(
         b"".join(sources.values())
-        + " ".join([compiler, *_flags(), _cpu_flags(), platform.machine()]).encode()
+        + " ".join([compiler, *_flags(), cpu_flags(), platform.machine()]).encode()
     ).hexdigest()[:16]
     target = cache_folder() / f"scan_int8-{key}.so"
     try:
